@@ -11,6 +11,8 @@ void fused_add_rms_norm(at::Tensor& out, const at::Tensor& input, at::Tensor& re
 void silu_and_mul(at::Tensor& out, const at::Tensor& input);
 
 // ---- sampling --------------------------------------------------------------
+void greedy_argmax(at::Tensor& ids, const std::optional<at::Tensor>& values, const at::Tensor& logits,
+                   const std::optional<at::Tensor>& allowed);
 
 // ---- attention -------------------------------------------------------------
 

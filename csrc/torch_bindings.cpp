@@ -16,6 +16,8 @@ TORCH_LIBRARY(ferrum_ext, m) {
   m.def("silu_and_mul(Tensor! out, Tensor input) -> ()");
 
   // ---- sampling ----
+  // ids = torch.argmax(logits, -1) exactly; values = logits at ids; only allowed != 0 compete (none: -1, -inf).
+  m.def("greedy_argmax(Tensor(a!) ids, Tensor(b!)? values, Tensor logits, Tensor? allowed) -> ()");
 
   // ---- attention ----
 
@@ -26,6 +28,7 @@ TORCH_LIBRARY_IMPL(ferrum_ext, CUDA, m) {
   m.impl("rms_norm", &rms_norm);
   m.impl("fused_add_rms_norm", &fused_add_rms_norm);
   m.impl("silu_and_mul", &silu_and_mul);
+  m.impl("greedy_argmax", &greedy_argmax);
 }
 
 // `import ferrum_ext._C` runs the registrations above; the module itself is empty.

@@ -39,3 +39,39 @@ def silu_and_mul(input: torch.Tensor, *, out: torch.Tensor | None = None):
     d = input.shape[-1] // 2
     gate, up = input[..., :d].float(), input[..., d:].float()
     return _into(out, (torch.nn.functional.silu(gate).to(input.dtype).float() * up).to(input.dtype))
+
+
+# ---- sampling -----------------------------------------------------------------
+
+
+def greedy_argmax(logits: torch.Tensor, *, return_value: bool = False, allowed: torch.Tensor | None = None,
+                  out=None):
+    """ids[b] = torch.argmax(logits[b]) (first index on ties, the first NaN wins).
+
+    With `allowed` (bool/uint8, [B, V] or [V]) only entries with allowed != 0 compete; a
+    row with none allowed gives -1. return_value=True also returns values[b] =
+    logits[b, ids[b]] in the logits dtype (-inf where ids is -1). `out` is the ids tensor,
+    or the (ids, values) pair with return_value=True.
+    """
+    if allowed is None:
+        ids = torch.argmax(logits, dim=-1)
+    else:
+        ok = (allowed != 0).expand(logits.shape)
+        x = logits.float()  # exact for fp16 / bf16
+        masked = torch.where(ok, x, torch.full_like(x, float("-inf")))
+        ids = torch.argmax(masked, dim=-1)  # a NaN here is an allowed NaN: the first one wins
+        best = masked.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+        # Max -inf: every allowed entry is -inf (ties), so the first allowed one wins, not
+        # the first masked-out slot that argmax saw.
+        first_allowed = torch.argmax(ok.to(torch.uint8), dim=-1)
+        ids = torch.where(best == float("-inf"), first_allowed, ids)
+        ids = torch.where(ok.any(dim=-1), ids, torch.full_like(ids, -1))
+    if not return_value:
+        return _into(out, ids)
+    values = logits.gather(-1, ids.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    values = torch.where(ids >= 0, values, torch.full_like(values, float("-inf")))
+    if out is None:
+        return ids, values
+    out[0].copy_(ids)
+    out[1].copy_(values)
+    return out[0], out[1]
