@@ -29,7 +29,7 @@ def run(ctx):
                     raise AssertionError(f"greedy_argmax differs from torch.argmax at B={batch} {dtype}")
             t = ctx.time(lambda x, o: ops.greedy_argmax(x, out=o), sets)
             base = ctx.time(lambda x, o: torch.argmax(x, -1), sets)
-            rows.append(ctx.row("greedy_argmax", f"B={batch} V={VOCAB}", dtype, t, bytes_moved=batch * VOCAB * e,
-                                baseline=base, baseline_name="torch.argmax"))
+            rows.append(ctx.row("greedy_argmax", f"B={batch} V={VOCAB}", dtype, t,
+                                bytes_moved=batch * VOCAB * e, baseline=base, baseline_name="torch.argmax"))
             del sets
     return rows

@@ -127,13 +127,15 @@ def greedy_argmax(logits: torch.Tensor, *, return_value: bool = False, allowed: 
     check_rows("logits", logits)
     batch, vocab = logits.shape
     if vocab == 0:
-        raise ValueError(f"logits: expected a non-empty last dimension (the vocabulary), got shape {tuple(logits.shape)}")
+        raise ValueError("logits: expected a non-empty last dimension (the vocabulary), "
+                         f"got shape {tuple(logits.shape)}")
     if vocab >= 2**31 - 1:
         raise ValueError(f"logits: vocabulary of {vocab} entries is too large (< 2**31 - 1)")
     if allowed is not None:
         check_tensor("allowed", allowed, dtypes=MASK_TYPES)
         if tuple(allowed.shape) not in ((batch, vocab), (vocab,)):
-            raise ValueError(f"allowed: expected shape {(batch, vocab)} or {(vocab,)}, got {tuple(allowed.shape)}")
+            raise ValueError(f"allowed: expected shape {(batch, vocab)} or {(vocab,)}, "
+                             f"got {tuple(allowed.shape)}")
         check_rows("allowed", allowed)
         check_same_device("allowed", allowed, "logits", logits)
     if return_value:

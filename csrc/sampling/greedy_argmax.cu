@@ -42,6 +42,22 @@ DeviceInfo device_info(int device) {
   return {n, major};
 }
 
+// How many CTAs of the row kernel fit on one SM, queried once per device.
+template <typename T, bool kMasked>
+int blocks_per_sm(int device) {
+  constexpr int kMaxDevices = 64;
+  static std::atomic<int> cache[kMaxDevices];
+  if (device < 0 || device >= kMaxDevices) device = 0;
+  int n = cache[device].load(std::memory_order_relaxed);
+  if (n == 0) {
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, ferrum::argmax::argmax_rows_kernel<T, kMasked>,
+                                                                 ferrum::argmax::kThreads, 0));
+    n = std::max(n, 1);
+    cache[device].store(n, std::memory_order_relaxed);
+  }
+  return n;
+}
+
 void check_args(const at::Tensor& ids, const std::optional<at::Tensor>& values, const at::Tensor& logits,
                 const std::optional<at::Tensor>& allowed) {
   FERRUM_CHECK_CUDA(logits);
@@ -58,22 +74,23 @@ void check_args(const at::Tensor& ids, const std::optional<at::Tensor>& values, 
   FERRUM_CHECK_CONTIGUOUS(ids);
   TORCH_CHECK(ids.dim() == 1 && ids.size(0) == B, "ids: expected shape [", B, "], got ", ids.sizes());
   if (values.has_value()) {
-    const at::Tensor& v = *values;
-    FERRUM_CHECK_SAME_DEVICE(v, logits);
-    FERRUM_CHECK_SAME_DTYPE(v, logits);
-    FERRUM_CHECK_CONTIGUOUS(v);
-    TORCH_CHECK(v.dim() == 1 && v.size(0) == B, "values: expected shape [", B, "], got ", v.sizes());
+    const at::Tensor& out_values = *values;
+    FERRUM_CHECK_SAME_DEVICE(out_values, logits);
+    FERRUM_CHECK_SAME_DTYPE(out_values, logits);
+    FERRUM_CHECK_CONTIGUOUS(out_values);
+    TORCH_CHECK(out_values.dim() == 1 && out_values.size(0) == B, "out_values: expected shape [", B, "], got ",
+                out_values.sizes());
   }
   if (allowed.has_value()) {
-    const at::Tensor& a = *allowed;
-    FERRUM_CHECK_SAME_DEVICE(a, logits);
-    TORCH_CHECK(a.scalar_type() == at::kBool || a.scalar_type() == at::kByte,
-                "allowed: expected dtype bool or uint8, got ", a.scalar_type());
-    TORCH_CHECK((a.dim() == 2 && a.size(0) == B && a.size(1) == V) || (a.dim() == 1 && a.size(0) == V),
-                "allowed: expected shape [", B, ", ", V, "] or [", V, "], got ", a.sizes());
-    TORCH_CHECK(a.stride(-1) == 1 || V == 1, "allowed: expected a unit stride in the last dimension, got strides ",
-                a.strides());
-    TORCH_CHECK(a.dim() == 1 || a.stride(0) >= 0, "allowed: expected a non-negative row stride");
+    const at::Tensor& mask = *allowed;
+    FERRUM_CHECK_SAME_DEVICE(mask, logits);
+    TORCH_CHECK(mask.scalar_type() == at::kBool || mask.scalar_type() == at::kByte,
+                "allowed: expected dtype bool or uint8, got ", mask.scalar_type());
+    TORCH_CHECK((mask.dim() == 2 && mask.size(0) == B && mask.size(1) == V) || (mask.dim() == 1 && mask.size(0) == V),
+                "allowed: expected shape [", B, ", ", V, "] or [", V, "], got ", mask.sizes());
+    TORCH_CHECK(mask.stride(-1) == 1 || V == 1, "allowed: expected a unit stride in the last dimension, got strides ",
+                mask.strides());
+    TORCH_CHECK(mask.dim() == 1 || mask.stride(0) >= 0, "allowed: expected a non-negative row stride");
   }
 }
 
@@ -88,26 +105,28 @@ void greedy_argmax(at::Tensor& ids, const std::optional<at::Tensor>& values, con
 
   const c10::cuda::OptionalCUDAGuard guard(logits.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const DeviceInfo dev = device_info(logits.device().index());
+  const int device = logits.device().index();
+  const DeviceInfo dev = device_info(device);
   namespace ga = ferrum::argmax;
 
   FERRUM_DISPATCH_FLOAT_TYPES(logits.scalar_type(), "greedy_argmax", [&] {
     constexpr int kVec = 16 / sizeof(scalar_t);
-    // Split rows while the batch alone leaves SMs idle: aim for ~4 CTAs per SM, but give
-    // each CTA at least one 16-byte load per thread (4 KB).
+    const auto* x = reinterpret_cast<const scalar_t*>(logits.data_ptr());
+    const int64_t x_stride = B > 1 ? logits.stride(0) : 0;
+    const uint8_t* mask = allowed.has_value() ? reinterpret_cast<const uint8_t*>(allowed->data_ptr()) : nullptr;
+    // Split rows while the batch alone leaves SMs idle: as many CTAs as fit on the GPU at
+    // once (one wave, no tail), but at least one 16-byte load per thread (4 KB) per CTA.
     const int64_t min_chunk = ga::kThreads * kVec;
     int64_t num_chunks = 1;
     if (B < dev.sm_count) {
-      const int64_t want = (4 * int64_t(dev.sm_count) + B - 1) / B;
-      num_chunks = std::max<int64_t>(1, std::min<int64_t>(want, (V + min_chunk - 1) / min_chunk));
+      const int64_t resident = int64_t(dev.sm_count) * (mask != nullptr ? blocks_per_sm<scalar_t, true>(device)
+                                                                         : blocks_per_sm<scalar_t, false>(device));
+      num_chunks = std::max<int64_t>(1, std::min<int64_t>(resident / B, (V + min_chunk - 1) / min_chunk));
     }
     int64_t chunk_elems = (V + num_chunks - 1) / num_chunks;
     chunk_elems = (chunk_elems + kVec - 1) / kVec * kVec;
     num_chunks = (V + chunk_elems - 1) / chunk_elems;
 
-    const auto* x = reinterpret_cast<const scalar_t*>(logits.data_ptr());
-    const int64_t x_stride = B > 1 ? logits.stride(0) : 0;
-    const uint8_t* mask = allowed.has_value() ? reinterpret_cast<const uint8_t*>(allowed->data_ptr()) : nullptr;
     const int64_t mask_stride = allowed.has_value() && allowed->dim() == 2 && B > 1 ? allowed->stride(0) : 0;
     auto* out_ids = ids.data_ptr<int64_t>();
     auto* out_values = values.has_value() ? reinterpret_cast<scalar_t*>(values->data_ptr()) : nullptr;

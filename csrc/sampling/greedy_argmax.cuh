@@ -34,7 +34,9 @@ namespace ferrum {
 namespace argmax {
 
 constexpr int kThreads = 256;  // per CTA of the row kernel
-constexpr int kUnroll = 8;     // 16-byte loads in flight per thread
+// 16-byte loads in flight per thread: 32 elements, 128 / 64 bytes (fp32 / 16-bit types).
+template <typename T>
+constexpr int kLoadsInFlight = 32 / (16 / sizeof(T));
 
 // Monotone 32-bit code of a float: NaN -> 0xFFFFFFFF, -0.0 -> code(+0.0).
 __device__ __forceinline__ uint32_t order_code(float x) {
@@ -115,12 +117,13 @@ __device__ __forceinline__ void write_result(uint64_t key, int64_t row, const T*
 // num_chunks == 1: the CTA writes ids/values itself; else its key goes to
 // partial[row * num_chunks + chunk] for argmax_merge_kernel.
 template <typename T, bool kMasked>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, kMasked ? 2 : 4)
     argmax_rows_kernel(const T* __restrict__ logits, int64_t logits_stride,
                        const uint8_t* __restrict__ allowed, int64_t allowed_stride, int V, int chunk_elems,
                        int num_chunks, uint64_t* __restrict__ partial, int64_t* __restrict__ ids,
                        T* __restrict__ values) {
   constexpr int kVec = 16 / sizeof(T);
+  constexpr int kUnroll = kLoadsInFlight<T>;
   launch_dependents();
   const int64_t row = blockIdx.x / num_chunks;
   const int chunk = static_cast<int>(blockIdx.x % num_chunks);

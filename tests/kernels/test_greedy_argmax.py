@@ -86,7 +86,8 @@ def test_cpu_planted_cases(dtype):
     ids, values = ops.greedy_argmax(logits, return_value=True)
     assert torch.equal(ids, expected)
     assert values.dtype == dtype
-    assert torch.equal(values.float().nan_to_num(123.0), logits.float()[torch.arange(7), expected].nan_to_num(123.0))
+    want_values = logits.float()[torch.arange(7), expected]
+    assert torch.equal(values.float().nan_to_num(123.0), want_values.nan_to_num(123.0))
 
 
 @pytest.mark.parametrize("mask_dtype", (torch.bool, torch.uint8))
@@ -204,12 +205,14 @@ def _check(logits, allowed=None, what=""):
     torch.cuda.synchronize()
     bad = (ids != want).nonzero().flatten()
     assert bad.numel() == 0, (
-        f"{what} shape {tuple(logits.shape)} stride {logits.stride()} {logits.dtype}: {bad.numel()} rows differ, "
-        f"first rows {bad[:5].tolist()}: kernel {ids[bad[:5]].tolist()} vs expected {want[bad[:5]].tolist()}")
+        f"{what} shape {tuple(logits.shape)} stride {logits.stride()} {logits.dtype}: "
+        f"{bad.numel()} rows differ, first rows {bad[:5].tolist()}: "
+        f"kernel {ids[bad[:5]].tolist()} vs expected {want[bad[:5]].tolist()}")
     assert torch.equal(ids_only, ids), f"{what}: ids without values differ from ids with values"
     bits = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16}[logits.dtype]
     assert torch.equal(values.view(bits), want_values.view(bits)), (
-        f"{what}: values are not the logits at the ids (bitwise): {values[:5].tolist()} vs {want_values[:5].tolist()}")
+        f"{what}: values are not the logits at the ids (bitwise): "
+        f"{values[:5].tolist()} vs {want_values[:5].tolist()}")
 
 
 @pytest.mark.gpu
