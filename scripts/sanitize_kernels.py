@@ -21,7 +21,19 @@ def layers():
         ops.silu_and_mul(x[:, 1:-1])
 
 
-FAMILIES = [layers]
+def sampling():
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        for batch, vocab in ((1, 32001), (3, 151936), (200, 1003)):  # split rows, one CTA per row
+            buf = torch.randn(batch, vocab + 5, device="cuda", dtype=dtype)
+            ops.greedy_argmax(buf[:, :vocab], return_value=True)
+            x = buf[:, 3:vocab + 3]  # misaligned rows: head and tail elements
+            ops.greedy_argmax(x, return_value=True)
+            mask = torch.rand(batch, vocab + 1, device="cuda") < 0.5
+            ops.greedy_argmax(x, return_value=True, allowed=mask[:, 1:])  # misaligned mask
+            ops.greedy_argmax(x, allowed=mask[0, :vocab].to(torch.uint8))
+
+
+FAMILIES = [layers, sampling]
 
 if __name__ == "__main__":
     for family in FAMILIES:

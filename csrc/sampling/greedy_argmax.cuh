@@ -184,7 +184,7 @@ __global__ void __launch_bounds__(kThreads, kMasked ? 2 : 4)
     }
   }
 
-  // 3. Tail: indices [vhi, hi) (last chunk only, fewer than kVec).
+  // 3. Tail: indices [vhi, hi), fewer than kVec, only where the chunk meets the end of the row.
   for (int i = vhi + tid; i < hi; i += kThreads) consider_one<T, kMasked>(best, x, m, i);
 
   // Block-wide max of the keys.
