@@ -46,7 +46,10 @@ class CausalLM:
     def new_sequence(self, prompt: list[int], use_prefix: bool = True) -> tuple[int, int]:
         """(sequence id, number of prompt tokens already in the cache)."""
         seq_id, self._next_seq = self._next_seq, self._next_seq + 1
-        return seq_id, self.cache.add(seq_id, prompt, use_prefix)
+        cached = self.cache.add(seq_id, prompt, use_prefix)
+        if cached:
+            self.log.counts["prefix_cache:hit_tokens"] += cached
+        return seq_id, cached
 
     def free(self, seq_id: int) -> None:
         self.cache.free(seq_id)
@@ -55,11 +58,11 @@ class CausalLM:
 
     @torch.inference_mode()
     def step(self, items: list[tuple[int, list[int]]], sample: list[bool], kind: str,
-             all_logits: bool = False):
+             all_logits: bool = False, all_hidden: bool = False):
         """Runs new tokens for each (seq_id, tokens) after what the cache holds.
 
         Returns next-token ids (int64, host) for the sequences with sample=True,
-        or with all_logits the fp32 logits of every packed token.
+        or with all_logits the fp32 logits (all_hidden: final-norm hidden states) of every packed token.
         """
         m = sum(len(toks) for _, toks in items)
         if m > self.scratch_tokens:
@@ -101,6 +104,8 @@ class CausalLM:
                 hidden = self.net(torch.tensor(ids, dtype=torch.int64, device=dev))
                 for (seq_id, toks) in items:
                     cache.commit(seq_id, toks)
+                if all_hidden:
+                    return hidden
                 if all_logits:
                     return self.net.compute_logits(hidden)
                 rows = [cu[i + 1] - 1 for i, s in enumerate(sample) if s]
@@ -147,9 +152,20 @@ class CausalLM:
 
     def logits(self, input_ids) -> torch.Tensor:
         """fp32 logits [T, vocab] of every position of one prompt (chunked by the scratch size)."""
-        ids = [int(t) for t in (input_ids.tolist() if torch.is_tensor(input_ids) else input_ids)]
-        if torch.is_tensor(input_ids) and input_ids.dim() != 1 or not ids:
+        return self._all_positions(input_ids, hidden=False)
+
+    def last_hidden_state(self, input_ids) -> torch.Tensor:
+        """Final-norm hidden states [T, hidden] (model dtype) of one prompt."""
+        return self._all_positions(input_ids, hidden=True)
+
+    def _all_positions(self, input_ids, hidden: bool) -> torch.Tensor:
+        if torch.is_tensor(input_ids):
+            input_ids = input_ids.tolist()
+        if not input_ids or not all(isinstance(t, int) for t in input_ids):
             raise ValueError("logits() takes one non-empty prompt: a 1-D list or tensor of token ids")
+        ids = list(input_ids)
+        if min(ids) < 0 or max(ids) >= self.config.vocab_size:
+            raise ValueError(f"token id outside [0, {self.config.vocab_size})")
         if len(ids) > self.cache.capacity:
             raise ValueError(f"prompt of {len(ids)} tokens exceeds the KV capacity {self.cache.capacity} "
                              f"(FERRUM_KV_CAPACITY / max_position_embeddings)")
@@ -158,7 +174,7 @@ class CausalLM:
             out = []
             for i in range(0, len(ids), self.scratch_tokens):
                 out.append(self.step([(seq_id, ids[i:i + self.scratch_tokens])], [False], "prefill",
-                                     all_logits=True))
+                                     all_logits=not hidden, all_hidden=hidden))
             return torch.cat(out)
         finally:
             self.free(seq_id)
