@@ -47,6 +47,7 @@ class CausalLM:
         """(sequence id, number of prompt tokens already in the cache)."""
         seq_id, self._next_seq = self._next_seq, self._next_seq + 1
         cached = self.cache.add(seq_id, prompt, use_prefix)
+        self.log.counts["kv:paged" if self.cache.paged else "kv:contiguous"] += 1
         if cached:
             self.log.counts["prefix_cache:hit_tokens"] += cached
         return seq_id, cached
