@@ -9,6 +9,7 @@ compared with ceilings measured in the same process.
 
 from __future__ import annotations
 
+import os
 import statistics
 import subprocess
 from dataclasses import dataclass
@@ -121,14 +122,19 @@ class BenchContext:
         return row
 
 
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
 def environment() -> dict:
     """GPU name and versions, printed with every report."""
     props = torch.cuda.get_device_properties(0)
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
+    # BENCH_COMMIT: set by callers that run a copy of the tree without .git.
+    commit = os.environ.get("BENCH_COMMIT") or _git_commit()
     return {
         "gpu": props.name, "sms": props.multi_processor_count,
         "capability": f"{props.major}.{props.minor}", "torch": torch.__version__,

