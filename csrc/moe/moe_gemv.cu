@@ -8,9 +8,12 @@ namespace ferrum::moe {
 namespace {
 template <typename T, bool GATE_UP>
 void launch(const GemmArgs& args, cudaStream_t stream) {
-  constexpr int ROWS = GATE_UP ? 2 : 4;
+  // gate_up: 1 column (its gate and up rows) per warp, 8 loads per row in flight; down: 2 columns,
+  // 4 loads per row (K = I is short). Small per-warp work keeps the grid's tail short.
+  constexpr int ROWS = GATE_UP ? 1 : 2;
+  constexpr int UNROLL = GATE_UP ? 8 : 4;
   const dim3 grid((args.n_out + kGemvWarps * ROWS - 1) / (kGemvWarps * ROWS), args.num_tiles);
-  moe_gemv_kernel<T, GATE_UP, ROWS, 4><<<grid, kGemvWarps * 32, 0, stream>>>(args);
+  moe_gemv_kernel<T, GATE_UP, ROWS, UNROLL><<<grid, kGemvWarps * 32, 0, stream>>>(args);
 }
 }  // namespace
 

@@ -25,9 +25,9 @@
 namespace ferrum::moe {
 
 constexpr int kRouteMaxExperts = 512;
-constexpr int kRoutePerLane = kRouteMaxExperts / 32;
 
-template <typename T>
+// PER_LANE = ceil(E / 32) rounded up to 4, 8 or 16 (E <= 128, 256, 512).
+template <typename T, int kRoutePerLane>
 __global__ void moe_route_kernel(const T* __restrict__ logits, int64_t row_stride, int num_tokens, int num_experts,
                                  int top_k, bool renormalize, float* __restrict__ weights_out,
                                  int* __restrict__ ids_out) {
@@ -101,6 +101,8 @@ __global__ void moe_route_kernel(const T* __restrict__ logits, int64_t row_strid
   }
 }
 
+constexpr int kAlignUnroll = 4;
+
 __device__ __forceinline__ bool valid_expert(int e, int num_experts) { return e >= 0 && e < num_experts; }
 
 // Launch with one CTA of 32 * num_warps threads and (num_warps + 2) * num_experts ints
@@ -121,10 +123,17 @@ __global__ void moe_align_kernel(const int* __restrict__ ids, int num_pairs, int
 
   const int chunk = (num_pairs + nw - 1) / nw;
   const int p_begin = min(num_pairs, warp * chunk), p_end = min(num_pairs, p_begin + chunk);
-  for (int base = p_begin; base < p_end; base += 32) {
-    const int p = base + lane;
-    const int e = p < p_end ? ids[p] : -1;
-    if (valid_expert(e, num_experts)) atomicAdd(&hist[warp * num_experts + e], 1);
+  // Each lane loads kAlignUnroll ids (p = base + q * 32 + lane) before using any: latency hidden.
+  for (int base = p_begin; base < p_end; base += 32 * kAlignUnroll) {
+    int e[kAlignUnroll];
+#pragma unroll
+    for (int q = 0; q < kAlignUnroll; ++q) {
+      const int p = base + q * 32 + lane;
+      e[q] = p < p_end ? __ldg(ids + p) : -1;
+    }
+#pragma unroll
+    for (int q = 0; q < kAlignUnroll; ++q)
+      if (valid_expert(e[q], num_experts)) atomicAdd(&hist[warp * num_experts + e[q]], 1);
   }
   __syncthreads();
 
@@ -173,19 +182,28 @@ __global__ void moe_align_kernel(const int* __restrict__ ids, int num_pairs, int
 
   // Stable scatter: pair p goes to start[e] + (pairs of e before it).
   const unsigned lt_mask = (1u << lane) - 1u;
-  for (int base = p_begin; base < p_end; base += 32) {
-    const int p = base + lane;
-    int e = p < p_end ? ids[p] : -1;
-    if (!valid_expert(e, num_experts)) e = -1;
-    const unsigned peers = __match_any_sync(0xffffffffu, e);
-    int offset = 0;
-    if (e >= 0) offset = hist[warp * num_experts + e];
-    __syncwarp();
-    if (e >= 0) {
-      sorted_ids[start[e] + offset + __popc(peers & lt_mask)] = p;
-      if (lane == 31 - __clz(peers)) hist[warp * num_experts + e] = offset + __popc(peers);
+  for (int base = p_begin; base < p_end; base += 32 * kAlignUnroll) {
+    int ev[kAlignUnroll];
+#pragma unroll
+    for (int q = 0; q < kAlignUnroll; ++q) {
+      const int p = base + q * 32 + lane;
+      ev[q] = p < p_end ? __ldg(ids + p) : -1;
     }
-    __syncwarp();
+    // Rounds in q order keep p ascending: round q holds p = base + q*32 .. base + q*32 + 31.
+#pragma unroll
+    for (int q = 0; q < kAlignUnroll; ++q) {
+      const int p = base + q * 32 + lane;
+      const int e = valid_expert(ev[q], num_experts) ? ev[q] : -1;
+      const unsigned peers = __match_any_sync(0xffffffffu, e);
+      int offset = 0;
+      if (e >= 0) offset = hist[warp * num_experts + e];
+      __syncwarp();
+      if (e >= 0) {
+        sorted_ids[start[e] + offset + __popc(peers & lt_mask)] = p;
+        if (lane == 31 - __clz(peers)) hist[warp * num_experts + e] = offset + __popc(peers);
+      }
+      __syncwarp();
+    }
   }
 }
 
