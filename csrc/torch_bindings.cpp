@@ -27,14 +27,28 @@ TORCH_LIBRARY(ferrum_ext, m) {
   // ---- attention ----
 
   // ---- moe ----
+  // Softmax (fp32) over experts, top-k by repeated arg-max (ties to the lower id), optional renormalisation.
+  m.def("moe_route(Tensor! weights, Tensor! ids, Tensor router_logits, int top_k, bool renormalize) -> ()");
+  // Pairs p = t*k + j grouped by expert (ascending p inside), runs padded to block_m with the sentinel T*k.
+  m.def("moe_align(Tensor! sorted_pair_ids, Tensor! block_expert_ids, Tensor! num_padded, Tensor topk_ids, "
+        "int num_experts, int block_m) -> ()");
+  // out = sum_j w[t,j] * (silu(x W13g^T) * (x W13u^T)) W2^T of expert ids[t,j]; tier picked from T and thresholds.
+  m.def("fused_moe(Tensor! out, Tensor hidden, Tensor w13, Tensor w2, Tensor topk_weights, Tensor topk_ids, "
+        "int gemv_threshold, int prefill_threshold, str tier) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(ferrum_ext, CUDA, m) {
   m.impl("rms_norm", &rms_norm);
   m.impl("fused_add_rms_norm", &fused_add_rms_norm);
   m.impl("silu_and_mul", &silu_and_mul);
+<<<<<<< HEAD
   m.impl("qk_norm_rope_write_cache", &qk_norm_rope_write_cache);
   m.impl("greedy_argmax", &greedy_argmax);
+=======
+  m.impl("moe_route", &moe_route);
+  m.impl("moe_align", &moe_align);
+  m.impl("fused_moe", &fused_moe);
+>>>>>>> moe
 }
 
 // `import ferrum_ext._C` runs the registrations above; the module itself is empty.
