@@ -41,14 +41,11 @@ TORCH_LIBRARY_IMPL(ferrum_ext, CUDA, m) {
   m.impl("rms_norm", &rms_norm);
   m.impl("fused_add_rms_norm", &fused_add_rms_norm);
   m.impl("silu_and_mul", &silu_and_mul);
-<<<<<<< HEAD
   m.impl("qk_norm_rope_write_cache", &qk_norm_rope_write_cache);
   m.impl("greedy_argmax", &greedy_argmax);
-=======
   m.impl("moe_route", &moe_route);
   m.impl("moe_align", &moe_align);
   m.impl("fused_moe", &fused_moe);
->>>>>>> moe
 }
 
 // `import ferrum_ext._C` runs the registrations above; the module itself is empty.

@@ -14,10 +14,7 @@ from ferrum_ext import reference
 from ferrum_ext._checks import (
     FLOAT_TYPES,
     HALF_TYPES,
-<<<<<<< HEAD
     check_kv_cache,
-=======
->>>>>>> moe
     check_out,
     check_rows,
     check_same_device,
@@ -103,7 +100,6 @@ def silu_and_mul(input: torch.Tensor, *, out: torch.Tensor | None = None) -> tor
     return _run("silu_and_mul", out, input)
 
 
-<<<<<<< HEAD
 def _check_index(name: str, t: torch.Tensor, tokens: int, like: torch.Tensor) -> None:
     check_tensor(name, t, dtypes=(torch.int32, torch.int64), ndim=1, contiguous=True)
     check_shape(name, t, (tokens,))
@@ -227,7 +223,6 @@ def _register_greedy_argmax() -> None:
 
     torch.library.register_kernel(f"{_LIB}::greedy_argmax", "cpu", cpu_kernel)
     torch.library.register_fake(f"{_LIB}::greedy_argmax", lambda ids, values, logits, allowed: None)
-=======
 # ---- moe ----------------------------------------------------------------------
 
 MOE_TIERS = (None, "auto", "gemv", "small", "prefill")
@@ -355,14 +350,10 @@ def _register_moe() -> None:
     for name, kernel in (("moe_route", route_cpu), ("moe_align", align_cpu), ("fused_moe", fused_cpu)):
         torch.library.register_kernel(f"{lib}::{name}", "cpu", kernel)
         torch.library.register_fake(f"{lib}::{name}", lambda *args: None)
->>>>>>> moe
 
 
 if cuda_ops_available():
     for _name in ("rms_norm", "fused_add_rms_norm", "silu_and_mul", "qk_norm_rope_write_cache"):
         _register_cpu_and_fake(_name)
-<<<<<<< HEAD
     _register_greedy_argmax()
-=======
     _register_moe()
->>>>>>> moe

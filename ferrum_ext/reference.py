@@ -41,7 +41,6 @@ def silu_and_mul(input: torch.Tensor, *, out: torch.Tensor | None = None):
     return _into(out, (torch.nn.functional.silu(gate).to(input.dtype).float() * up).to(input.dtype))
 
 
-<<<<<<< HEAD
 def _rope(x32: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Half-split rotation of x32 [T, heads, D] by cos/sin [T, D/2]."""
     x1, x2 = x32.chunk(2, dim=-1)
@@ -119,7 +118,6 @@ def greedy_argmax(logits: torch.Tensor, *, return_value: bool = False, allowed: 
     out[0].copy_(ids)
     out[1].copy_(values)
     return out[0], out[1]
-=======
 # ---- moe ----------------------------------------------------------------------
 
 
@@ -237,4 +235,3 @@ def fused_moe_grouped_reference(hidden: torch.Tensor, w13: torch.Tensor, w2: tor
     for j in range(top_k):  # fixed order
         acc += weights[:, j : j + 1] * y[:, j]
     return _into(out, acc.to(hidden.dtype))
->>>>>>> moe
