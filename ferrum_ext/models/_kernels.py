@@ -1,10 +1,10 @@
 """The ops the models call, and a log of which path each call took.
 
-Each function calls `ferrum_ext.ops.<name>` when that op exists (the CUDA
-kernel on GPU tensors with the extension built, its reference twin otherwise),
-else the TEMPORARY twin in `_reference_ops` (delete once ferrum_ext.ops has
-every op). `PathLog` counts "op:detail" strings so tests and the demo can see
-which kernel ran; the model decides the detail (layout, tier, varlen, ...).
+Each function runs `ferrum_ext.ops.<name>` (the CUDA kernel on GPU tensors with
+the extension built, its reference twin otherwise) unless the activations are
+fp32 and the kernel is fp16/bf16-only: then the reference twin runs, which is
+the CPU path of the fp32 model tests. `PathLog` counts "op:detail" strings so
+tests and the demo can see which kernel ran; the model decides the detail.
 """
 
 from __future__ import annotations
@@ -14,21 +14,29 @@ from collections import Counter
 import torch
 
 from ferrum_ext import ops as _ops
+from ferrum_ext import reference as _reference
 from ferrum_ext._extension import cuda_ops_available
 from ferrum_ext.models import _reference_ops
 
+# Ops whose kernels also take fp32 activations.
+_FP32_KERNELS = {"rms_norm", "fused_add_rms_norm", "silu_and_mul", "greedy_argmax", "moe_route"}
 
-def _impl(name: str):
+
+def _twin(name: str):
+    return getattr(_reference, name, None) or getattr(_reference_ops, name)
+
+
+def _impl(name: str, tensor: torch.Tensor):
     fn = getattr(_ops, name, None)
-    return (fn, "ops") if fn is not None else (getattr(_reference_ops, name), "fallback")
+    if fn is None or (tensor.dtype == torch.float32 and name not in _FP32_KERNELS):
+        return _twin(name), "reference"
+    return fn, "ops"
 
 
 def backend(name: str, tensor: torch.Tensor) -> str:
     """'cuda' when the compiled kernel runs, 'reference' when a PyTorch twin does."""
-    fn, source = _impl(name)
-    if source == "ops" and tensor.is_cuda and cuda_ops_available():
-        return "cuda"
-    return "reference"
+    _, source = _impl(name, tensor)
+    return "cuda" if source == "ops" and tensor.is_cuda and cuda_ops_available() else "reference"
 
 
 class PathLog:
@@ -52,42 +60,42 @@ class PathLog:
 
 
 def rms_norm(x, weight, eps, *, out=None):
-    return _impl("rms_norm")[0](x, weight, eps, out=out)
+    return _impl("rms_norm", x)[0](x, weight, eps, out=out)
 
 
 def fused_add_rms_norm(x, residual, weight, eps, *, out=None):
-    return _impl("fused_add_rms_norm")[0](x, residual, weight, eps, out=out)
+    return _impl("fused_add_rms_norm", x)[0](x, residual, weight, eps, out=out)
 
 
 def silu_and_mul(x, *, out=None):
-    return _impl("silu_and_mul")[0](x, out=out)
+    return _impl("silu_and_mul", x)[0](x, out=out)
 
 
 def write_kv_cache(key, value, key_cache, value_cache, slot_mapping, layout):
-    return _impl("write_kv_cache")[0](key, value, key_cache, value_cache, slot_mapping, layout)
+    return _impl("write_kv_cache", key)[0](key, value, key_cache, value_cache, slot_mapping, layout)
 
 
 def paged_attention_decode(query, key_cache, value_cache, block_tables, seq_lens, scale, layout, *,
                            max_seq_len=None, out=None):
-    return _impl("paged_attention_decode")[0](query, key_cache, value_cache, block_tables, seq_lens, scale,
+    return _impl("paged_attention_decode", query)[0](query, key_cache, value_cache, block_tables, seq_lens, scale,
                                               layout, max_seq_len=max_seq_len, out=out)
 
 
 def paged_attention_varlen(query, key_cache, value_cache, cu_seqlens_q, seq_lens, block_tables, scale,
                            layout, tiled_q4=False, *, max_seq_len=None, max_q_len=None, out=None):
-    return _impl("paged_attention_varlen")[0](query, key_cache, value_cache, cu_seqlens_q, seq_lens,
+    return _impl("paged_attention_varlen", query)[0](query, key_cache, value_cache, cu_seqlens_q, seq_lens,
                                               block_tables, scale, layout, tiled_q4, max_seq_len=max_seq_len,
                                               max_q_len=max_q_len, out=out)
 
 
 def greedy_argmax(logits):
-    return _impl("greedy_argmax")[0](logits)
+    return _impl("greedy_argmax", logits)[0](logits)
 
 
 def moe_route(router_logits, top_k, renormalize):
-    return _impl("moe_route")[0](router_logits, top_k, renormalize)
+    return _impl("moe_route", router_logits)[0](router_logits, top_k, renormalize)
 
 
 def fused_moe(hidden, w13, w2, weights, ids, *, gemv_threshold=4, prefill_threshold=32):
-    return _impl("fused_moe")[0](hidden, w13, w2, weights, ids, gemv_threshold=gemv_threshold,
+    return _impl("fused_moe", hidden)[0](hidden, w13, w2, weights, ids, gemv_threshold=gemv_threshold,
                                  prefill_threshold=prefill_threshold)
