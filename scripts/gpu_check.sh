@@ -4,7 +4,8 @@
 # Logs and JSON land under $OUT (default ./out).
 #
 #   STEPS="build test sanitize bench"   which steps to run (default: all)
-#   TEST_ARGS="-k decode"               extra pytest arguments
+#   TEST_FILTER="decode and not moe"    pytest -k expression
+#   TEST_PATHS="tests/kernels"          what pytest collects (default: tests)
 #   BENCH_ARGS="--only layers"          extra benchmarks.run arguments
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -33,7 +34,8 @@ if has build; then
 fi
 
 if has test; then
-  python3 -m pytest -q -x --timeout=900 -m gpu tests ${TEST_ARGS:-} --junitxml="$OUT/junit.xml" \
+  # shellcheck disable=SC2086
+  python3 -m pytest -q --timeout=900 -m gpu ${TEST_PATHS:-tests} ${TEST_FILTER:+-k "$TEST_FILTER"} --junitxml="$OUT/junit.xml" \
     > "$OUT/tests.log" 2>&1 || status=1
   grep -E "passed|failed|error" "$OUT/tests.log" | tail -3
   grep -E "^(FAILED|ERROR)|Error|assert" "$OUT/tests.log" | head -30
