@@ -9,6 +9,12 @@ void rms_norm(at::Tensor& out, const at::Tensor& input, const at::Tensor& weight
 void fused_add_rms_norm(at::Tensor& out, const at::Tensor& input, at::Tensor& residual,
                         const at::Tensor& weight, double eps);
 void silu_and_mul(at::Tensor& out, const at::Tensor& input);
+void qk_norm_rope_write_cache(at::Tensor& q_out, const at::Tensor& qkv, const at::Tensor& positions,
+                              const at::Tensor& cos, const at::Tensor& sin, at::Tensor& key_cache,
+                              at::Tensor& value_cache, const at::Tensor& slot_mapping, c10::string_view layout,
+                              int64_t num_heads, int64_t num_kv_heads,
+                              const c10::optional<at::Tensor>& q_norm_weight,
+                              const c10::optional<at::Tensor>& k_norm_weight, double eps);
 
 // ---- sampling --------------------------------------------------------------
 

@@ -14,6 +14,11 @@ TORCH_LIBRARY(ferrum_ext, m) {
   m.def("fused_add_rms_norm(Tensor! out, Tensor input, Tensor! residual, Tensor weight, float eps) -> ()");
   // out = silu(input[..., :d]) * input[..., d:]; input [..., 2d].
   m.def("silu_and_mul(Tensor! out, Tensor input) -> ()");
+  // Split qkv [T, (H + 2 KVH) D]; optional per-head RMSNorm of q and k; half-split RoPE;
+  // q into q_out [T, H, D], k and v into the paged cache at slot_mapping (negative = skip).
+  m.def("qk_norm_rope_write_cache(Tensor! q_out, Tensor qkv, Tensor positions, Tensor cos, Tensor sin, "
+        "Tensor! key_cache, Tensor! value_cache, Tensor slot_mapping, str layout, int num_heads, "
+        "int num_kv_heads, Tensor? q_norm_weight, Tensor? k_norm_weight, float eps) -> ()");
 
   // ---- sampling ----
 
@@ -35,6 +40,7 @@ TORCH_LIBRARY_IMPL(ferrum_ext, CUDA, m) {
   m.impl("write_kv_cache", &write_kv_cache);
   m.impl("paged_attention_decode", &paged_attention_decode);
   m.impl("paged_attention_varlen", &paged_attention_varlen);
+  m.impl("qk_norm_rope_write_cache", &qk_norm_rope_write_cache);
 }
 
 // `import ferrum_ext._C` runs the registrations above; the module itself is empty.

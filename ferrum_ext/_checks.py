@@ -65,3 +65,26 @@ def check_out(out: torch.Tensor, shape: Sequence[int], like_name: str, like: tor
     elif out.dtype != dtype:
         raise TypeError(f"out: expected dtype {dtype}, got {out.dtype}")
     check_same_device("out", out, like_name, like)
+
+
+def check_kv_cache(key_cache: torch.Tensor, value_cache: torch.Tensor, layout: str, num_kv_heads: int,
+                   head_dim: int, like: torch.Tensor) -> None:
+    """A paged KV cache in `layout` ("vllm" or "nhd") for num_kv_heads x head_dim, dtype and device of `like`."""
+    if layout not in ("vllm", "nhd"):
+        raise ValueError(f'layout: expected "vllm" or "nhd", got {layout!r}')
+    for name, cache in (("key_cache", key_cache), ("value_cache", value_cache)):
+        check_tensor(name, cache, contiguous=True)
+        check_same_dtype(name, cache, "the activations", like)
+        check_same_device(name, cache, "the activations", like)
+    if layout == "vllm":
+        x = 16 // like.element_size()
+        if (key_cache.dim() != 5 or key_cache.shape[1] != num_kv_heads or key_cache.shape[2] * x != head_dim
+                or key_cache.shape[4] != x):
+            raise ValueError(f"key_cache: expected the vllm layout [num_blocks, {num_kv_heads}, {head_dim // x}, "
+                             f"block_size, {x}], got shape {tuple(key_cache.shape)}")
+        check_shape("value_cache", value_cache, (key_cache.shape[0], num_kv_heads, head_dim, key_cache.shape[3]))
+    else:
+        if key_cache.dim() != 4 or key_cache.shape[2] != num_kv_heads or key_cache.shape[3] != head_dim:
+            raise ValueError(f"key_cache: expected the nhd layout [num_blocks, block_size, {num_kv_heads}, "
+                             f"{head_dim}], got shape {tuple(key_cache.shape)}")
+        check_shape("value_cache", value_cache, key_cache.shape)

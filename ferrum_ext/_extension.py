@@ -7,6 +7,8 @@ without nvcc) the package still imports and every op runs its reference twin.
 
 import importlib
 
+import torch  # noqa: F401  (loads libtorch / libc10, which _C links against)
+
 _error: str | None = None
 try:
     importlib.import_module("ferrum_ext._C")

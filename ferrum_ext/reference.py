@@ -132,3 +132,44 @@ def paged_attention_varlen(query: torch.Tensor, key_cache: torch.Tensor, value_c
         qpos = torch.arange(n - (q1 - q0), n, device=query.device)
         result[q0:q1] = _attend(query[q0:q1], k, v, scale, qpos)
     return _into(out, result.to(query.dtype))
+def _rope(x32: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Half-split rotation of x32 [T, heads, D] by cos/sin [T, D/2]."""
+    x1, x2 = x32.chunk(2, dim=-1)
+    c, s = cos[:, None, :], sin[:, None, :]
+    return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1)
+
+
+def _scatter_kv(key, value, key_cache, value_cache, slot_mapping, layout):
+    keep = slot_mapping >= 0
+    slots = slot_mapping[keep].long()
+    k, v = key[keep], value[keep]
+    if layout == "vllm":
+        bs, x = key_cache.shape[3], key_cache.shape[4]
+        blk, off = slots // bs, slots % bs
+        key_cache[blk, :, :, off, :] = k.reshape(k.shape[0], k.shape[1], -1, x)
+        value_cache[blk, :, :, off] = v
+    else:
+        bs = key_cache.shape[1]
+        key_cache[slots // bs, slots % bs] = k
+        value_cache[slots // bs, slots % bs] = v
+
+
+def qk_norm_rope_write_cache(qkv: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                             key_cache: torch.Tensor, value_cache: torch.Tensor, slot_mapping: torch.Tensor,
+                             layout: str, num_heads: int, num_kv_heads: int,
+                             q_norm_weight: torch.Tensor | None = None, k_norm_weight: torch.Tensor | None = None,
+                             eps: float = 1e-6, *, out: torch.Tensor | None = None):
+    """Returns q [T, H, D] (normed, rotated); writes k (normed, rotated) and v into the paged cache."""
+    tokens, dtype = qkv.shape[0], qkv.dtype
+    heads = qkv.reshape(tokens, num_heads + 2 * num_kv_heads, -1)
+    q, k, v = heads.split([num_heads, num_kv_heads, num_kv_heads], dim=1)
+    q32, k32 = q.float(), k.float()
+    if q_norm_weight is not None:
+        q32 = _normalize(q32, q_norm_weight, eps, dtype).float()
+    if k_norm_weight is not None:
+        k32 = _normalize(k32, k_norm_weight, eps, dtype).float()
+    pos = positions.long()
+    cos_t, sin_t = cos[pos], sin[pos]
+    q_out = _rope(q32, cos_t, sin_t).to(dtype)
+    _scatter_kv(_rope(k32, cos_t, sin_t).to(dtype), v, key_cache, value_cache, slot_mapping, layout)
+    return _into(out, q_out)

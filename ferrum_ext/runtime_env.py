@@ -151,10 +151,7 @@ _GRAPH = (
     "capture the batched decode step in CUDA graphs keyed by batch size; a warning once "
     "when requested but not clean"
 )
-_SIZING = (
-    "pool and scratch sizing; a step larger than the scratch is refused with a clear "
-    "error, not a crash"
-)
+_SIZING = "pool and scratch sizing; a step larger than the scratch is refused with a clear error, not a crash"
 
 KNOBS: tuple[Knob, ...] = (
     Knob("decode_op_profile", "FERRUM_DECODE_OP_PROFILE", _TIMING),
@@ -374,8 +371,7 @@ def _check_unknown_names(vars_: dict[str, str]) -> None:
         if name.startswith("FERRUM_") and name not in known:
             _warn_once(
                 (name,),
-                f"{name} is not a variable ferrum_ext reads; "
-                f"closest known name: {closest_known_var(name)}",
+                f"{name} is not a variable ferrum_ext reads; closest known name: {closest_known_var(name)}",
             )
 
 
@@ -439,9 +435,7 @@ class Qwen3MoeRuntimeEnv:
         return cls.from_env_vars((e.key, e.effective_value) for e in snapshot.entries)
 
     @classmethod
-    def from_env_vars(
-        cls, env_vars: Mapping[str, str] | Iterable[tuple[str, str]]
-    ) -> Qwen3MoeRuntimeEnv:
+    def from_env_vars(cls, env_vars: Mapping[str, str] | Iterable[tuple[str, str]]) -> Qwen3MoeRuntimeEnv:
         v = _collect(env_vars)
         _check_unknown_names(v)
         greedy_argmax = _is_one(v, "FERRUM_GREEDY_ARGMAX")
@@ -459,9 +453,7 @@ class Qwen3MoeRuntimeEnv:
             moe_batch_threshold=_positive_int(v, "FERRUM_MOE_BATCH_THRESHOLD", 4),
             moe_bucketed=_unless_zero(v, "FERRUM_MOE_BUCKETED"),
             moe_graph_requested=_is_one(v, "FERRUM_MOE_GRAPH"),
-            moe_graph_vllm_clean=(
-                _is_one(v, "FERRUM_VLLM_MOE") & (not _is_one(v, "FERRUM_MOE_HOST_ROUTE"))
-            ),
+            moe_graph_vllm_clean=(_is_one(v, "FERRUM_VLLM_MOE") & (not _is_one(v, "FERRUM_MOE_HOST_ROUTE"))),
             moe_prefill_threshold=_positive_int(v, "FERRUM_MOE_PREFILL_THRESHOLD", 32),
             moe_profile=_present(v, "FERRUM_MOE_PROFILE"),
             paged_max_seqs=_positive_int(v, "FERRUM_PAGED_MAX_SEQS", 32),
@@ -469,9 +461,7 @@ class Qwen3MoeRuntimeEnv:
             qwen_unified_prefill=_unless_zero(v, "FERRUM_QWEN_UNIFIED_PREFILL"),
             qwen_unified_trace=_is_one(v, "FERRUM_QWEN_UNIFIED_TRACE"),
             rbd_prof=_present(v, "FERRUM_RBD_PROF"),
-            unified_greedy_argmax=(
-                greedy_argmax & _unless_zero(v, "FERRUM_UNIFIED_GREEDY_ARGMAX")
-            ),
+            unified_greedy_argmax=(greedy_argmax & _unless_zero(v, "FERRUM_UNIFIED_GREEDY_ARGMAX")),
             # is_some_and(|v| v != "0"): off when unset, on for any value but "0".
             unified_layer_prof=bool(_not_zero(v, "FERRUM_UNIFIED_LAYER_PROF")),
             unified_layer_prof_every=_positive_int(v, "FERRUM_UNIFIED_LAYER_PROF_EVERY", 16),
@@ -498,9 +488,7 @@ class Qwen3MoeRuntimeEnv:
         max_m, min_seqs = self.unified_layer_prof_max_m, self.unified_layer_prof_min_seqs
         if max_m is not None and m_total > max_m:
             return False
-        if min_seqs is not None and num_seqs < min_seqs:
-            return False
-        return True
+        return min_seqs is None or num_seqs >= min_seqs
 
 
 # --------------------------------------------------------------------------
@@ -518,8 +506,9 @@ def _effective(knob: Knob, env: Qwen3MoeRuntimeEnv) -> str:
     return str(value)
 
 
-def _row(snapshot: RuntimeConfigSnapshot, variable: str, value: str, selects: str,
-         indent: str = "") -> tuple[str, ...]:
+def _row(
+    snapshot: RuntimeConfigSnapshot, variable: str, value: str, selects: str, indent: str = ""
+) -> tuple[str, ...]:
     entry = snapshot.get(variable)
     raw = "" if entry is None else repr(entry.effective_value)
     source = "default" if entry is None else entry.source.value
@@ -553,7 +542,7 @@ def format_env_table(
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     lines = []
     for row in rows:
-        cells = [cell.ljust(width) for cell, width in zip(row, widths)]
+        cells = [cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True)]
         lines.append("  ".join([*cells, row[4]]).rstrip())
     return "\n".join(lines)
 
@@ -571,4 +560,3 @@ def main_env(argv: list[str] | None = None) -> int:
     for warning in caught:
         print(f"warning: {warning.message}", file=sys.stderr)
     return 0
-

@@ -1,6 +1,6 @@
 // Launchers for rms_norm and fused_add_rms_norm.
-#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 
 #include "common/checks.h"
 #include "common/dispatch.h"
@@ -9,6 +9,8 @@
 #include "ops.h"
 
 namespace {
+
+constexpr int kItersInRegisters = 4;  // packs cached per thread (4 x 16 bytes)
 
 void check_norm_args(const at::Tensor& out, const at::Tensor& input, const at::Tensor& weight) {
   FERRUM_CHECK_CUDA(input);
@@ -24,31 +26,55 @@ void check_norm_args(const at::Tensor& out, const at::Tensor& input, const at::T
   TORCH_CHECK(out.sizes() == input.sizes(), "out: expected shape ", input.sizes(), ", got ", out.sizes());
 }
 
+// Picks the pack width (16 bytes when every row allows it) and the register
+// caching depth, then launches one CTA per row.
+template <typename T, bool HAS_RESIDUAL>
+void launch_rms_norm(at::Tensor& out, const at::Tensor& input, int64_t in_stride, at::Tensor* residual,
+                     int64_t res_stride, const at::Tensor& weight, double eps, cudaStream_t stream) {
+  const int hidden = static_cast<int>(input.size(-1));
+  const int64_t rows = input.numel() / hidden;
+  constexpr int kVec = 16 / sizeof(T);
+  bool vec = ferrum::rows_vectorizable(input.data_ptr(), in_stride, hidden, kVec, sizeof(T)) &&
+             ferrum::is_aligned16(weight.data_ptr()) && ferrum::is_aligned16(out.data_ptr());
+  if (HAS_RESIDUAL) {
+    vec = vec && ferrum::rows_vectorizable(residual->data_ptr(), res_stride, hidden, kVec, sizeof(T));
+  }
+  auto* o = reinterpret_cast<T*>(out.data_ptr());
+  const auto* x = reinterpret_cast<const T*>(input.data_ptr());
+  auto* r = HAS_RESIDUAL ? reinterpret_cast<T*>(residual->data_ptr()) : nullptr;
+  const auto* w = reinterpret_cast<const T*>(weight.data_ptr());
+  const float e = static_cast<float>(eps);
+
+  auto launch = [&](auto vec_tag) {
+    constexpr int V = decltype(vec_tag)::value;
+    const int packs = hidden / V;
+    const int cached_threads = ferrum::threads_for((packs + kItersInRegisters - 1) / kItersInRegisters);
+    if (packs <= kItersInRegisters * cached_threads) {
+      ferrum::rms_norm_kernel<T, V, kItersInRegisters, HAS_RESIDUAL>
+          <<<rows, cached_threads, 0, stream>>>(o, x, in_stride, r, res_stride, w, hidden, e);
+    } else {
+      ferrum::rms_norm_kernel<T, V, 0, HAS_RESIDUAL>
+          <<<rows, 1024, 0, stream>>>(o, x, in_stride, r, res_stride, w, hidden, e);
+    }
+  };
+  if (vec) {
+    launch(std::integral_constant<int, kVec>{});
+  } else {
+    launch(std::integral_constant<int, 1>{});
+  }
+}
+
 }  // namespace
 
 void rms_norm(at::Tensor& out, const at::Tensor& input, const at::Tensor& weight, double eps) {
   check_norm_args(out, input, weight);
   const int64_t in_stride = ferrum::row_stride(input, "input");
-  const int hidden = static_cast<int>(input.size(-1));
-  const int64_t rows = input.numel() / std::max<int64_t>(hidden, 1);
-  if (rows == 0 || hidden == 0) return;
+  if (input.numel() == 0) return;
 
   const c10::cuda::OptionalCUDAGuard guard(input.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   FERRUM_DISPATCH_FLOAT_TYPES(input.scalar_type(), "rms_norm", [&] {
-    constexpr int kVec = 16 / sizeof(scalar_t);
-    const bool vec = ferrum::rows_vectorizable(input.data_ptr(), in_stride, hidden, kVec, sizeof(scalar_t)) &&
-                     ferrum::is_aligned16(weight.data_ptr()) && ferrum::is_aligned16(out.data_ptr());
-    auto* o = reinterpret_cast<scalar_t*>(out.data_ptr());
-    const auto* x = reinterpret_cast<const scalar_t*>(input.data_ptr());
-    const auto* w = reinterpret_cast<const scalar_t*>(weight.data_ptr());
-    if (vec) {
-      ferrum::rms_norm_kernel<scalar_t, kVec><<<rows, ferrum::threads_for(hidden / kVec), 0, stream>>>(
-          o, x, in_stride, w, hidden, static_cast<float>(eps));
-    } else {
-      ferrum::rms_norm_kernel<scalar_t, 1><<<rows, ferrum::threads_for(hidden), 0, stream>>>(
-          o, x, in_stride, w, hidden, static_cast<float>(eps));
-    }
+    launch_rms_norm<scalar_t, false>(out, input, in_stride, nullptr, 0, weight, eps, stream);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -62,29 +88,12 @@ void fused_add_rms_norm(at::Tensor& out, const at::Tensor& input, at::Tensor& re
               residual.sizes());
   const int64_t in_stride = ferrum::row_stride(input, "input");
   const int64_t res_stride = ferrum::row_stride(residual, "residual");
-  const int hidden = static_cast<int>(input.size(-1));
-  const int64_t rows = input.numel() / std::max<int64_t>(hidden, 1);
-  if (rows == 0 || hidden == 0) return;
+  if (input.numel() == 0) return;
 
   const c10::cuda::OptionalCUDAGuard guard(input.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   FERRUM_DISPATCH_FLOAT_TYPES(input.scalar_type(), "fused_add_rms_norm", [&] {
-    constexpr int kVec = 16 / sizeof(scalar_t);
-    const bool vec =
-        ferrum::rows_vectorizable(input.data_ptr(), in_stride, hidden, kVec, sizeof(scalar_t)) &&
-        ferrum::rows_vectorizable(residual.data_ptr(), res_stride, hidden, kVec, sizeof(scalar_t)) &&
-        ferrum::is_aligned16(weight.data_ptr()) && ferrum::is_aligned16(out.data_ptr());
-    auto* o = reinterpret_cast<scalar_t*>(out.data_ptr());
-    const auto* x = reinterpret_cast<const scalar_t*>(input.data_ptr());
-    auto* r = reinterpret_cast<scalar_t*>(residual.data_ptr());
-    const auto* w = reinterpret_cast<const scalar_t*>(weight.data_ptr());
-    if (vec) {
-      ferrum::fused_add_rms_norm_kernel<scalar_t, kVec><<<rows, ferrum::threads_for(hidden / kVec), 0, stream>>>(
-          o, x, in_stride, r, res_stride, w, hidden, static_cast<float>(eps));
-    } else {
-      ferrum::fused_add_rms_norm_kernel<scalar_t, 1><<<rows, ferrum::threads_for(hidden), 0, stream>>>(
-          o, x, in_stride, r, res_stride, w, hidden, static_cast<float>(eps));
-    }
+    launch_rms_norm<scalar_t, true>(out, input, in_stride, &residual, res_stride, weight, eps, stream);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

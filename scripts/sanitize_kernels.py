@@ -1,0 +1,41 @@
+"""One small call of every kernel family, for compute-sanitizer memcheck:
+
+    compute-sanitizer --tool memcheck --error-exitcode 3 python scripts/sanitize_kernels.py
+
+Sizes are odd so tails and scalar paths run; each family is one function.
+"""
+
+import torch
+
+from ferrum_ext import ops
+
+
+def layers():
+    for dtype in (torch.bfloat16, torch.float32):
+        x = torch.randn(7, 1000, device="cuda", dtype=dtype)
+        w = torch.randn(1000, device="cuda", dtype=dtype)
+        ops.rms_norm(x, w)
+        ops.rms_norm(x[:, 1:993], w[:992])  # misaligned rows: the scalar path
+        ops.fused_add_rms_norm(x, torch.randn_like(x), w)
+        ops.silu_and_mul(x)
+        ops.silu_and_mul(x[:, 1:-1])
+    for layout in ("vllm", "nhd"):
+        heads, kv_heads, d, bs = 8, 2, 128, 16
+        qkv = torch.randn(7, (heads + 2 * kv_heads) * d, device="cuda", dtype=torch.bfloat16)
+        pos = torch.arange(7, device="cuda")
+        slots = torch.tensor([3, -1, 17, 40, 41, -1, 5], device="cuda")
+        cos = torch.rand(16, d // 2, device="cuda")
+        shape = (4, kv_heads, d // 8, bs, 8) if layout == "vllm" else (4, bs, kv_heads, d)
+        kc = torch.zeros(shape, device="cuda", dtype=torch.bfloat16)
+        vc = torch.zeros((4, kv_heads, d, bs) if layout == "vllm" else shape, device="cuda", dtype=torch.bfloat16)
+        w = torch.ones(d, device="cuda", dtype=torch.bfloat16)
+        ops.qk_norm_rope_write_cache(qkv, pos, cos, cos, kc, vc, slots, layout, heads, kv_heads, w, w)
+
+
+FAMILIES = [layers]
+
+if __name__ == "__main__":
+    for family in FAMILIES:
+        family()
+        torch.cuda.synchronize()
+        print(f"memcheck run: {family.__name__} ok")
