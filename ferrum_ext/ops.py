@@ -113,12 +113,26 @@ def _check_layout(layout) -> None:
         raise ValueError(f"layout: expected 'vllm' or 'nhd', got {layout!r}")
 
 
+def check_kernel_support(name: str, dtype: torch.dtype, head_dim: int, block_size: int | None = None,
+                         group: int | None = None) -> None:
+    """What the CUDA kernels support (checked for CUDA tensors; the CPU reference takes any size):
+    fp16/bf16, head_dim 64/96/128/256, block_size 8/16/32, GQA group <= 16."""
+    if dtype not in HALF_TYPES:
+        raise TypeError(f"{name}: expected dtype float16 or bfloat16 on CUDA, got {dtype}")
+    if head_dim not in _HEAD_DIMS:
+        raise ValueError(f"{name}: unsupported head_dim {head_dim} (expected one of {_HEAD_DIMS})")
+    if block_size is not None and block_size not in _BLOCK_SIZES:
+        raise ValueError(f"key_cache: unsupported block_size {block_size} (expected one of {_BLOCK_SIZES})")
+    if group is not None and group > 16:
+        raise ValueError(f"query: GQA group {group} (num_heads / num_kv_heads) is larger than 16")
+
+
 def _check_cache(key_cache: torch.Tensor, value_cache: torch.Tensor, layout: str, dtype: torch.dtype,
                  head_dim: int, ref_name: str, ref: torch.Tensor) -> tuple[int, int]:
     """Checks a paged cache pair against `layout`; returns (num_kv_heads, block_size)."""
     _check_layout(layout)
-    check_tensor("key_cache", key_cache, dtypes=HALF_TYPES, contiguous=True)
-    check_tensor("value_cache", value_cache, dtypes=HALF_TYPES, contiguous=True)
+    check_tensor("key_cache", key_cache, dtypes=FLOAT_TYPES, contiguous=True)
+    check_tensor("value_cache", value_cache, dtypes=FLOAT_TYPES, contiguous=True)
     for name, t in (("key_cache", key_cache), ("value_cache", value_cache)):
         if t.dtype != dtype:
             raise TypeError(f"{name}: expected dtype {dtype} like {ref_name}, got {t.dtype}")
@@ -144,24 +158,21 @@ def _check_cache(key_cache: torch.Tensor, value_cache: torch.Tensor, layout: str
             raise ValueError(f"key_cache: expected head_dim {head_dim} in the last dimension, got shape "
                              f"{tuple(key_cache.shape)}")
         check_shape("value_cache", value_cache, key_cache.shape)
-    if bs not in _BLOCK_SIZES:
-        raise ValueError(f"key_cache: unsupported block_size {bs} (expected one of {_BLOCK_SIZES})")
     if nb < 1:
         raise ValueError("key_cache: expected at least one block")
     return kvh, bs
 
 
 def _check_query(query: torch.Tensor) -> None:
-    check_tensor("query", query, dtypes=HALF_TYPES, ndim=3, contiguous=True)
-    if query.shape[2] not in _HEAD_DIMS:
-        raise ValueError(f"query: unsupported head_dim {query.shape[2]} (expected one of {_HEAD_DIMS})")
+    check_tensor("query", query, dtypes=FLOAT_TYPES, ndim=3, contiguous=True)
 
 
-def _check_group(query: torch.Tensor, kvh: int) -> None:
+def _check_group(query: torch.Tensor, kvh: int, block_size: int) -> None:
     h = query.shape[1]
-    if kvh < 1 or h % kvh or h // kvh > 16:
-        raise ValueError(f"query: num_heads {h} must be a multiple of the caches' num_kv_heads {kvh} "
-                         "with a GQA group of at most 16")
+    if kvh < 1 or h % kvh:
+        raise ValueError(f"query: num_heads {h} must be a multiple of the caches' num_kv_heads {kvh}")
+    if query.is_cuda:
+        check_kernel_support("query", query.dtype, query.shape[2], block_size, h // kvh)
 
 
 def _check_int_vector(name: str, t, n: int, ref: torch.Tensor) -> None:
@@ -204,7 +215,7 @@ def write_kv_cache(key: torch.Tensor, value: torch.Tensor, key_cache: torch.Tens
                    slot_mapping: torch.Tensor, layout: str = "vllm") -> None:
     """Scatters key/value [T, kv_heads, D] into the paged caches (in place) at slot_mapping [T]
     (block * block_size + offset, int32 or int64); negative slots are skipped."""
-    check_tensor("key", key, dtypes=HALF_TYPES, ndim=3)
+    check_tensor("key", key, dtypes=FLOAT_TYPES, ndim=3)
     check_tensor("value", value)
     check_same_dtype("value", value, "key", key)
     check_same_device("value", value, "key", key)
@@ -212,9 +223,9 @@ def write_kv_cache(key: torch.Tensor, value: torch.Tensor, key_cache: torch.Tens
     for name, t in (("key", key), ("value", value)):
         if t.shape[2] > 1 and t.stride(2) != 1:
             raise ValueError(f"{name}: expected a unit stride in the last dimension, got strides {t.stride()}")
-    if key.shape[2] not in _HEAD_DIMS:
-        raise ValueError(f"key: unsupported head_dim {key.shape[2]} (expected one of {_HEAD_DIMS})")
     kvh, _ = _check_cache(key_cache, value_cache, layout, key.dtype, key.shape[2], "key", key)
+    if key.is_cuda:
+        check_kernel_support("key", key.dtype, key.shape[2])
     if kvh != key.shape[1]:
         raise ValueError(f"key_cache: expected num_kv_heads {key.shape[1]} like key, got shape "
                          f"{tuple(key_cache.shape)}")
@@ -239,7 +250,7 @@ def paged_attention_decode(query: torch.Tensor, key_cache: torch.Tensor, value_c
     """
     _check_query(query)
     kvh, bs = _check_cache(key_cache, value_cache, layout, query.dtype, query.shape[2], "query", query)
-    _check_group(query, kvh)
+    _check_group(query, kvh, bs)
     b = query.shape[0]
     _check_block_tables(block_tables, b, query)
     _check_int_vector("seq_lens", seq_lens, b, query)
@@ -277,11 +288,13 @@ def paged_attention_varlen(query: torch.Tensor, key_cache: torch.Tensor, value_c
                            num_splits: int | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
     """Packed queries [M, H, D] of several sequences (offsets cu_seqlens_q [B + 1]) against the paged
     cache, causal: query i of sequence s sits at seq_lens[s] - q_len[s] + i. tiled_q4: one CTA serves
-    4 consecutive query tokens x all heads of a kv group. max_seq_len as in paged_attention_decode;
-    max_q_len is accepted for API symmetry (the tile list is built on the device)."""
+    4 consecutive query tokens x all heads of a kv group. max_seq_len as in paged_attention_decode.
+    max_q_len: host upper bound of the chunk lengths (None: unknown); with tiled_q4 and
+    max_q_len >= 64 a CTA takes 64 query rows (chunked prefill). The tile list is built on the
+    device, so a graph captured for (M, B, max_seq_len, max_q_len) replays with any split of M."""
     _check_query(query)
     kvh, bs = _check_cache(key_cache, value_cache, layout, query.dtype, query.shape[2], "query", query)
-    _check_group(query, kvh)
+    _check_group(query, kvh, bs)
     check_tensor("seq_lens", seq_lens, dtypes=(torch.int32,), ndim=1, contiguous=True)
     b = seq_lens.shape[0]
     if b < 1:
@@ -302,7 +315,7 @@ def paged_attention_varlen(query: torch.Tensor, key_cache: torch.Tensor, value_c
     if cuda_ops_available():
         torch.ops.ferrum_ext.paged_attention_varlen(out, query, key_cache, value_cache, cu_seqlens_q, seq_lens,
                                                     block_tables, float(scale), layout, bool(tiled_q4),
-                                                    max_seq_len, splits)
+                                                    max_seq_len, -1 if max_q_len is None else max_q_len, splits)
         return out
     return reference.paged_attention_varlen(query, key_cache, value_cache, cu_seqlens_q, seq_lens, block_tables,
                                             float(scale), layout, tiled_q4, max_seq_len=max_seq_len,
@@ -320,7 +333,7 @@ def _register_attention() -> None:
                                          out=out)
 
     def varlen_cpu(out, query, key_cache, value_cache, cu_seqlens_q, seq_lens, block_tables, scale, layout,
-                   tiled_q4, max_seq_len, num_splits):
+                   tiled_q4, max_seq_len, max_q_len, num_splits):
         reference.paged_attention_varlen(query, key_cache, value_cache, cu_seqlens_q, seq_lens, block_tables,
                                          scale, layout, tiled_q4, out=out)
 

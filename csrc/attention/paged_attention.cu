@@ -3,10 +3,11 @@
 // upper bound `max_seq_len` replays correctly), scratch, dispatch.
 //
 // Split plan: base = query tiles * kv_heads CTAs; slots = SMs * resident CTAs
-// per SM. If base >= slots or the context is short, one pass writes `out`
-// directly. Otherwise splits = min(slots / base, ceil(max_seq_len / 256), 256),
-// tokens_per_split = round_up(ceil(max_seq_len / splits), 64), and splits is
-// recomputed from it. Scratch (caching allocator, per call):
+// per SM. For each candidate s <= min(ceil(max_seq_len / 256), 256):
+// tokens_per_split = round_up(ceil(max_seq_len / s), 64), real splits =
+// ceil(max_seq_len / tokens_per_split), cost = ceil(base * real / slots) waves x
+// tokens_per_split (+ 64 when split, for the merge); the cheapest wins, ties go
+// to fewer splits. One split writes `out` directly (no scratch, no merge). Scratch (caching allocator, per call):
 //   partial out fp32 [rows, heads, splits, head_dim] + lse fp32 [rows, heads, splits]
 //   = rows * heads * splits * (head_dim + 1) * 4 bytes.
 #include <c10/cuda/CUDAGuard.h>
@@ -19,6 +20,7 @@
 
 #include "attention/paged_attention.cuh"
 #include "attention/paged_attention_launch.h"
+#include "attention/tile_list.cuh"
 #include "common/checks.h"
 #include "ops.h"
 
@@ -131,12 +133,24 @@ void plan_splits(AttnParams& p, int64_t base_ctas, int64_t max_seq_len, int slot
   int64_t splits;
   if (forced > 0) {
     splits = std::min<int64_t>({forced, max_useful, ferrum::attn::kMaxSplits});
-  } else if (base_ctas >= slots) {
-    splits = 1;
   } else {
-    splits = std::min<int64_t>({slots / std::max<int64_t>(base_ctas, 1), (max_seq_len + 255) / 256,
-                                ferrum::attn::kMaxSplits});
-    splits = std::max<int64_t>(splits, 1);
+    // Equal-work CTAs run in waves of `slots`: pick the split count with the least
+    // (waves x tokens per CTA), + one stage for the merge when split; ties -> fewer splits.
+    const int64_t cap = std::min<int64_t>({(max_seq_len + 255) / 256, int64_t{ferrum::attn::kMaxSplits}});
+    const int64_t base = std::max<int64_t>(base_ctas, 1);
+    int64_t best_cost = -1;
+    splits = 1;
+    for (int64_t s = 1; s <= std::max<int64_t>(cap, 1); ++s) {
+      const int64_t tps = ((std::max<int64_t>(max_seq_len, 1) + s - 1) / s + kTok - 1) / kTok * kTok;
+      const int64_t real = (std::max<int64_t>(max_seq_len, 1) + tps - 1) / tps;
+      const int64_t waves = (base * real + slots - 1) / slots;
+      const int64_t cost = waves * tps + (real > 1 ? kTok : 0);
+      if (best_cost < 0 || cost < best_cost) {
+        best_cost = cost;
+        splits = real;
+      }
+      if (base * s >= 4 * int64_t{slots}) break;  // more splits only add waves
+    }
   }
   int64_t tps = (std::max<int64_t>(max_seq_len, 1) + splits - 1) / splits;
   tps = (tps + kTok - 1) / kTok * kTok;
@@ -145,11 +159,11 @@ void plan_splits(AttnParams& p, int64_t base_ctas, int64_t max_seq_len, int slot
   p.tokens_per_split = static_cast<int>(tps);
 }
 
-template <typename T, int D, int MT, int QPC>
+template <typename T, int D, int MT>
 void run(AttnParams& p, const at::Tensor& query, int num_tiles, int64_t rows_total, int64_t max_seq_len,
          int64_t forced_splits, cudaStream_t stream) {
   const int device = query.get_device();
-  const int per_sm = ferrum::attn::attention_ctas_per_sm<T, D, MT, QPC>(device);
+  const int per_sm = ferrum::attn::attention_ctas_per_sm<T, D, MT>(device);
   plan_splits(p, static_cast<int64_t>(num_tiles) * p.num_kv_heads, max_seq_len, sm_count(device) * per_sm,
               forced_splits);
   at::Tensor part_out, part_lse;
@@ -160,7 +174,7 @@ void run(AttnParams& p, const at::Tensor& query, int num_tiles, int64_t rows_tot
     p.part_out = part_out.data_ptr<float>();
     p.part_lse = part_lse.data_ptr<float>();
   }
-  ferrum::attn::launch_attention<T, D, MT, QPC>(p, num_tiles, stream);
+  ferrum::attn::launch_attention<T, D, MT>(p, num_tiles, stream);
   if (p.num_splits > 1) ferrum::attn::launch_merge<T, D>(p, static_cast<int>(rows_total), stream);
 }
 
@@ -209,7 +223,7 @@ void paged_attention_decode(at::Tensor& out, const at::Tensor& query, const at::
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   FERRUM_DISPATCH_ATTN_DTYPE(query.scalar_type(), [&] {
     FERRUM_DISPATCH_HEAD_DIM(static_cast<int>(query.size(2)), [&] {
-      run<scalar_t, kD, 1, 1>(p, query, static_cast<int>(B), B, max_seq_len, num_splits, stream);
+      run<scalar_t, kD, 1>(p, query, static_cast<int>(B), B, max_seq_len, num_splits, stream);
     });
   });
 }
@@ -217,7 +231,8 @@ void paged_attention_decode(at::Tensor& out, const at::Tensor& query, const at::
 void paged_attention_varlen(at::Tensor& out, const at::Tensor& query, const at::Tensor& key_cache,
                             const at::Tensor& value_cache, const at::Tensor& cu_seqlens_q,
                             const at::Tensor& seq_lens, const at::Tensor& block_tables, double scale,
-                            c10::string_view layout, bool tiled_q4, int64_t max_seq_len, int64_t num_splits) {
+                            c10::string_view layout, bool tiled_q4, int64_t max_seq_len, int64_t max_q_len,
+                            int64_t num_splits) {
   AttnParams p{};
   check_and_fill_cache(p, query, key_cache, value_cache, block_tables, layout, max_seq_len);
   check_out(out, query);
@@ -245,26 +260,37 @@ void paged_attention_varlen(at::Tensor& out, const at::Tensor& query, const at::
 
   const c10::cuda::OptionalCUDAGuard guard(query.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  // Tiled: 4 query tokens per CTA; for long chunks (max_q_len >= 64) 64 query rows
+  // per CTA (64 / group' tokens, group' = group rounded up to a power of two) so
+  // K/V is reused across more queries (chunked prefill).
   at::Tensor tiles;
   int num_tiles = static_cast<int>(M);
+  int mt = 1;
   if (tiled_q4) {
-    num_tiles = static_cast<int>(std::min<int64_t>(M, (M + 3 * B) / 4));
+    int qpc = 4;
+    if (max_q_len >= 64) {
+      int g2 = 1;
+      while (g2 < p.group) g2 <<= 1;
+      qpc = std::max(4, 64 / g2);
+      mt = 4;
+    } else {
+      mt = p.group <= 4 ? 1 : (p.group <= 8 ? 2 : 4);
+    }
+    num_tiles = static_cast<int>(std::min<int64_t>(M, (M + (qpc - 1) * B) / qpc));
     tiles = at::empty({num_tiles, 4}, query.options().dtype(at::kInt));
     p.tiles = reinterpret_cast<const int4*>(tiles.data_ptr<int>());
     p.mode = ferrum::attn::kTileList;
-    ferrum::attn::build_tiles_kernel<4><<<1, 1024, 0, stream>>>(p.cu_seqlens_q, p.num_seqs,
-                                                               const_cast<int4*>(p.tiles), num_tiles);
+    ferrum::attn::build_tiles_kernel<<<1, 1024, 0, stream>>>(p.cu_seqlens_q, p.num_seqs, qpc,
+                                                            const_cast<int4*>(p.tiles), num_tiles);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   } else {
     p.mode = ferrum::attn::kTileRow;
   }
-  const int group = p.group;
   FERRUM_DISPATCH_ATTN_DTYPE(query.scalar_type(), [&] {
     FERRUM_DISPATCH_HEAD_DIM(static_cast<int>(query.size(2)), [&] {
-      if (!tiled_q4) run<scalar_t, kD, 1, 1>(p, query, num_tiles, M, max_seq_len, num_splits, stream);
-      else if (group <= 4) run<scalar_t, kD, 1, 4>(p, query, num_tiles, M, max_seq_len, num_splits, stream);
-      else if (group <= 8) run<scalar_t, kD, 2, 4>(p, query, num_tiles, M, max_seq_len, num_splits, stream);
-      else run<scalar_t, kD, 4, 4>(p, query, num_tiles, M, max_seq_len, num_splits, stream);
+      if (mt == 1) run<scalar_t, kD, 1>(p, query, num_tiles, M, max_seq_len, num_splits, stream);
+      else if (mt == 2) run<scalar_t, kD, 2>(p, query, num_tiles, M, max_seq_len, num_splits, stream);
+      else run<scalar_t, kD, 4>(p, query, num_tiles, M, max_seq_len, num_splits, stream);
     });
   });
 }

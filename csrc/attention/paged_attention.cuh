@@ -3,7 +3,7 @@
 // tiled-Q4 varlen variant, all from one kernel template.
 //
 // One CTA (4 warps) owns (query tile, kv head, split): the query rows of the
-// tile are all `group` query heads of the kv head times QPC query tokens, so
+// tile are all `group` query heads of the kv head times its query tokens, so
 // every K/V element it touches is read from DRAM exactly once for all of them.
 // The rows form MT m16 tiles of a tensor-core mma.m16n8k16 (fp32 accumulate):
 //   S = Q K^T : A = Q rows (ldmatrix from smem), B = K tokens (ldmatrix),
@@ -175,8 +175,8 @@ __device__ __forceinline__ int visible_end(const AttnParams& p, int seq_len, int
 // ---- the attention kernel --------------------------------------------------
 
 // T: __half / __nv_bfloat16; D: head_dim; MT: m16 tiles of query rows
-// (QPC * group <= 16 * MT); QPC: query tokens per CTA (1 decode/plain, 4 tiled).
-template <typename T, int D, int MT, int QPC>
+// (query tokens per CTA * group <= 16 * MT; the tokens per CTA come from the tile).
+template <typename T, int D, int MT>
 __global__ void __launch_bounds__(kThreads) paged_attention_kernel(const AttnParams p) {
   using Cfg = StageCfg<D>;
   constexpr int ROWS = MT * 16;
@@ -326,6 +326,8 @@ __global__ void __launch_bounds__(kThreads) paged_attention_kernel(const AttnPar
         if ((i & 7) >= (valid & 7)) v[i] = from_float<T>(0.f);
       __syncthreads();
     }
+
+    if (mt * 16 >= valid_rows) continue;  // this warp's m-tile holds no query row (warp-uniform)
 
     // S = Q K^T for this warp's TW tokens.
     float sc[NT][4];
@@ -535,50 +537,6 @@ __global__ void __launch_bounds__(kThreads) merge_splits_kernel(const AttnParams
     v.v[2] = from_float<T>(acc.z * inv); v.v[3] = from_float<T>(acc.w * inv);
     store_packed<T, 4>(static_cast<T*>(p.out) + row * p.out_row_stride + head * p.out_head_stride + tid * 4, v);
   }
-}
-
-// ---- tile list for the tiled-Q4 varlen kernel ------------------------------
-
-// One CTA: tiles of QPC consecutive query rows per sequence, from cu_seqlens_q
-// on the device (valid under CUDA-graph replay), padded with empty entries
-// up to max_tiles. Entry: (seq, first packed row, rows, q_len - first q index).
-template <int QPC>
-__global__ void build_tiles_kernel(const int* cu_seqlens_q, int num_seqs, int4* tiles, int max_tiles) {
-  __shared__ int s_scan[1024 / 32];
-  __shared__ int s_carry;
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nw = blockDim.x / 32;
-  if (tid == 0) s_carry = 0;
-  __syncthreads();
-  for (int base = 0; base < num_seqs; base += blockDim.x) {
-    const int s = base + tid;
-    int c0 = 0, q_len = 0;
-    if (s < num_seqs) {
-      c0 = cu_seqlens_q[s];
-      q_len = max(cu_seqlens_q[s + 1] - c0, 0);
-    }
-    const int cnt = (q_len + QPC - 1) / QPC;
-    int incl = cnt;
-#pragma unroll
-    for (int off = 1; off < 32; off <<= 1) {
-      const int y = __shfl_up_sync(0xffffffffu, incl, off);
-      if (lane >= off) incl += y;
-    }
-    if (lane == 31) s_scan[warp] = incl;
-    __syncthreads();
-    int before = s_carry;
-    for (int w = 0; w < warp; ++w) before += s_scan[w];
-    const int first = before + incl - cnt;
-    for (int k = 0; k < cnt && first + k < max_tiles; ++k)
-      tiles[first + k] = make_int4(s, c0 + k * QPC, min(QPC, q_len - k * QPC), q_len - k * QPC);
-    __syncthreads();
-    if (tid == 0) {
-      int total = 0;
-      for (int w = 0; w < nw; ++w) total += s_scan[w];
-      s_carry += total;
-    }
-    __syncthreads();
-  }
-  for (int i = s_carry + tid; i < max_tiles; i += blockDim.x) tiles[i] = make_int4(0, 0, 0, 0);
 }
 
 }  // namespace ferrum::attn

@@ -15,7 +15,7 @@ namespace detail {
 constexpr int kMaxDevices = 64;
 }
 
-template <typename T, int D, int MT, int QPC>
+template <typename T, int D, int MT>
 int attention_ctas_per_sm(int device) {
   static std::atomic<int> cache[detail::kMaxDevices] = {};
   if (device >= 0 && device < detail::kMaxDevices) {
@@ -23,7 +23,7 @@ int attention_ctas_per_sm(int device) {
     if (v > 0) return v;
   }
   constexpr int smem = attn_smem_bytes<D, MT>();
-  auto* kernel = paged_attention_kernel<T, D, MT, QPC>;
+  auto* kernel = paged_attention_kernel<T, D, MT>;
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   int n = 0;
   C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kThreads, smem));
@@ -32,11 +32,11 @@ int attention_ctas_per_sm(int device) {
   return n;
 }
 
-template <typename T, int D, int MT, int QPC>
+template <typename T, int D, int MT>
 void launch_attention(const AttnParams& p, int num_tiles, cudaStream_t stream) {
   constexpr int smem = attn_smem_bytes<D, MT>();
   const dim3 grid(num_tiles, p.num_splits, p.num_kv_heads);
-  paged_attention_kernel<T, D, MT, QPC><<<grid, kThreads, smem, stream>>>(p);
+  paged_attention_kernel<T, D, MT><<<grid, kThreads, smem, stream>>>(p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -49,15 +49,14 @@ void launch_merge(const AttnParams& p, int num_rows, cudaStream_t stream) {
 
 }  // namespace ferrum::attn
 
-#define FERRUM_ATTN_INSTANTIATE_D(T, D)                                              \
-  template void ferrum::attn::launch_attention<T, D, 1, 1>(const ferrum::attn::AttnParams&, int, cudaStream_t); \
-  template int ferrum::attn::attention_ctas_per_sm<T, D, 1, 1>(int);                 \
-  template void ferrum::attn::launch_attention<T, D, 1, 4>(const ferrum::attn::AttnParams&, int, cudaStream_t); \
-  template int ferrum::attn::attention_ctas_per_sm<T, D, 1, 4>(int);                 \
-  template void ferrum::attn::launch_attention<T, D, 2, 4>(const ferrum::attn::AttnParams&, int, cudaStream_t); \
-  template int ferrum::attn::attention_ctas_per_sm<T, D, 2, 4>(int);                 \
-  template void ferrum::attn::launch_attention<T, D, 4, 4>(const ferrum::attn::AttnParams&, int, cudaStream_t); \
-  template int ferrum::attn::attention_ctas_per_sm<T, D, 4, 4>(int);                 \
+#define FERRUM_ATTN_INSTANTIATE_MT(T, D, MT)                                                                 \
+  template void ferrum::attn::launch_attention<T, D, MT>(const ferrum::attn::AttnParams&, int, cudaStream_t); \
+  template int ferrum::attn::attention_ctas_per_sm<T, D, MT>(int);
+
+#define FERRUM_ATTN_INSTANTIATE_D(T, D) \
+  FERRUM_ATTN_INSTANTIATE_MT(T, D, 1)    \
+  FERRUM_ATTN_INSTANTIATE_MT(T, D, 2)    \
+  FERRUM_ATTN_INSTANTIATE_MT(T, D, 4)    \
   template void ferrum::attn::launch_merge<T, D>(const ferrum::attn::AttnParams&, int, cudaStream_t);
 
 #define FERRUM_ATTN_INSTANTIATE(T) \

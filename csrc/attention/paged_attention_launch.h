@@ -9,13 +9,13 @@ namespace ferrum::attn {
 
 struct AttnParams;
 
-// Launches paged_attention_kernel<T, D, MT, QPC> on grid (tiles, splits, kv_heads).
-template <typename T, int D, int MT, int QPC>
+// Launches paged_attention_kernel<T, D, MT> on grid (tiles, splits, kv_heads).
+template <typename T, int D, int MT>
 void launch_attention(const AttnParams& p, int num_tiles, cudaStream_t stream);
 
 // CTAs of that kernel resident per SM (cached per device; also raises the
 // dynamic shared-memory limit on first use).
-template <typename T, int D, int MT, int QPC>
+template <typename T, int D, int MT>
 int attention_ctas_per_sm(int device);
 
 // Launches merge_splits_kernel<T, D> on grid (rows, heads).

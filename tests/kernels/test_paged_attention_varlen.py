@@ -64,7 +64,7 @@ def test_varlen_errors():
         call(q, kc, vc, cu, sl, bt, s, max_seq_len=10_000)
     with pytest.raises(ValueError, match="max_q_len"):
         call(q, kc, vc, cu, sl, bt, s, max_q_len=-2)
-    with pytest.raises(ValueError, match="head_dim"):
+    with pytest.raises(ValueError, match="key_cache: expected shape"):
         call(q[..., :32].contiguous(), kc, vc, cu, sl, bt, s)
     with pytest.raises(ValueError, match="key_cache: layout 'nhd'"):
         call(q, kc, vc, cu, sl, bt, s, "nhd")
@@ -77,7 +77,7 @@ def test_varlen_opcheck_cpu():
     q, kc, vc, cu, sl, bt = _varlen_problem([2, 5], [10, 20], 8, 2, 64, 16, torch.float16, "nhd", "cpu")
     for tiled in (False, True):
         torch.library.opcheck(torch.ops.ferrum_ext.paged_attention_varlen,
-                              (torch.empty_like(q), q, kc, vc, cu, sl, bt, 0.125, "nhd", tiled, 48, 0))
+                              (torch.empty_like(q), q, kc, vc, cu, sl, bt, 0.125, "nhd", tiled, 48, -1, 0))
 
 
 def test_varlen_torch_compile_fullgraph_cpu():
@@ -111,24 +111,25 @@ def test_varlen_matches_reference(dtype, layout, head_dim, group):
     ctx = _ctx_for(_Q_LENS, head_dim + group)
     args = _varlen_problem(_Q_LENS, ctx, kvh * group, kvh, head_dim, 16, dtype, layout, "cuda", seed=group)
     outs = {}
-    for tiled in (False, True):
-        out, ref = _run(args, layout, tiled)
-        assert_rel_close(out, ref, what=f"varlen tiled={tiled} {layout} d{head_dim} group {group}")
-        outs[tiled] = out
-    assert rel_error(outs[True], outs[False]) <= 2 * (2e-3 if dtype == torch.float16 else 1e-2)
+    for tiled, max_q_len in ((False, None), (True, None), (True, max(_Q_LENS))):
+        out, ref = _run(args, layout, tiled, max_q_len=max_q_len)
+        assert_rel_close(out, ref, what=f"varlen tiled={tiled} max_q_len={max_q_len} {layout} d{head_dim} g{group}")
+        outs[(tiled, max_q_len)] = out
+    for key, out in outs.items():
+        assert rel_error(out, outs[(False, None)]) <= 2 * (2e-3 if dtype == torch.float16 else 1e-2), key
 
 
 @GPU
 @pytest.mark.gpu
-@pytest.mark.parametrize("tiled", (False, True))
-@pytest.mark.parametrize("group", (2, 16))
+@pytest.mark.parametrize("tiled,max_q_len", ((False, None), (True, None), (True, 100)))
+@pytest.mark.parametrize("group", (2, 3, 5, 16))
 @pytest.mark.parametrize("block_size", (8, 32))
-def test_varlen_groups_and_block_sizes(tiled, group, block_size):
-    q_lens = [4, 1, 9, 2]
-    ctx = [4, 2000, 100, 33]
+def test_varlen_groups_and_block_sizes(tiled, max_q_len, group, block_size):
+    q_lens = [4, 1, 9, 2, 100]
+    ctx = [4, 2000, 100, 33, 150]
     args = _varlen_problem(q_lens, ctx, 2 * group, 2, 96 if group == 2 else 128, block_size, torch.bfloat16,
                            "vllm", "cuda", seed=3)
-    out, ref = _run(args, "vllm", tiled)
+    out, ref = _run(args, "vllm", tiled, max_q_len=max_q_len)
     assert_rel_close(out, ref)
 
 
@@ -159,8 +160,8 @@ def test_varlen_decode_rows_agree_with_decode(layout):
 
 @GPU
 @pytest.mark.gpu
-@pytest.mark.parametrize("tiled", (False, True))
-def test_varlen_cuda_graph_replay(tiled):
+@pytest.mark.parametrize("tiled,max_q_len", ((False, None), (True, None), (True, 64)))
+def test_varlen_cuda_graph_replay(tiled, max_q_len):
     """Capture for fixed M, B and max_seq_len; replay with other q_len splits and contexts."""
     m, b, max_len = 24, 4, 4096
     q, kc, vc, cu, sl, bt = _varlen_problem([6] * b, [max_len] * b, 16, 4, 128, 16, torch.bfloat16, "nhd", "cuda",
@@ -168,7 +169,7 @@ def test_varlen_cuda_graph_replay(tiled):
     scale = 1 / math.sqrt(128)
     out = torch.empty_like(q)
     run = lambda: ops.paged_attention_varlen(q, kc, vc, cu, sl, bt, scale, "nhd", tiled,  # noqa: E731
-                                             max_seq_len=max_len, out=out)
+                                             max_seq_len=max_len, max_q_len=max_q_len, out=out)
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
@@ -196,4 +197,4 @@ def test_varlen_opcheck_cuda():
     q, kc, vc, cu, sl, bt = _varlen_problem([2, 5], [10, 20], 8, 2, 64, 16, torch.float16, "vllm", "cuda")
     for tiled in (False, True):
         torch.library.opcheck(torch.ops.ferrum_ext.paged_attention_varlen,
-                              (torch.empty_like(q), q, kc, vc, cu, sl, bt, 0.125, "vllm", tiled, 48, 0))
+                              (torch.empty_like(q), q, kc, vc, cu, sl, bt, 0.125, "vllm", tiled, 48, 64, 0))
