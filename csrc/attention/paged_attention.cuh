@@ -517,6 +517,7 @@ __global__ void __launch_bounds__(kThreads) merge_splits_kernel(const AttnParams
   float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
   float wsum = 0.f;
   if (grp < GROUPS) {
+#pragma unroll 4
     for (int j = grp; j < n; j += GROUPS) {
       const float w = s_w[j];
       const float4 x = *reinterpret_cast<const float4*>(p.part_out + (prow + j) * D + q * 4);
