@@ -3,6 +3,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/util/string_view.h>
 
 // ---- layers ----------------------------------------------------------------
 void rms_norm(at::Tensor& out, const at::Tensor& input, const at::Tensor& weight, double eps);
@@ -17,6 +18,8 @@ void qk_norm_rope_write_cache(at::Tensor& q_out, const at::Tensor& qkv, const at
                               const c10::optional<at::Tensor>& k_norm_weight, double eps);
 
 // ---- sampling --------------------------------------------------------------
+void greedy_argmax(at::Tensor& ids, const std::optional<at::Tensor>& values, const at::Tensor& logits,
+                   const std::optional<at::Tensor>& allowed);
 
 // ---- attention -------------------------------------------------------------
 void write_kv_cache(const at::Tensor& key, const at::Tensor& value, at::Tensor& key_cache,
@@ -32,3 +35,10 @@ void paged_attention_varlen(at::Tensor& out, const at::Tensor& query, const at::
                             int64_t num_splits);
 
 // ---- moe -------------------------------------------------------------------
+void moe_route(at::Tensor& weights, at::Tensor& ids, const at::Tensor& router_logits, int64_t top_k,
+               bool renormalize);
+void moe_align(at::Tensor& sorted_pair_ids, at::Tensor& block_expert_ids, at::Tensor& num_padded,
+               const at::Tensor& topk_ids, int64_t num_experts, int64_t block_m);
+void fused_moe(at::Tensor& out, const at::Tensor& hidden, const at::Tensor& w13, const at::Tensor& w2,
+               const at::Tensor& topk_weights, const at::Tensor& topk_ids, int64_t gemv_threshold,
+               int64_t prefill_threshold, c10::string_view tier);

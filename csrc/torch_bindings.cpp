@@ -21,6 +21,8 @@ TORCH_LIBRARY(ferrum_ext, m) {
         "int num_kv_heads, Tensor? q_norm_weight, Tensor? k_norm_weight, float eps) -> ()");
 
   // ---- sampling ----
+  // ids = torch.argmax(logits, -1) exactly; values = logits at ids; only allowed != 0 compete (none: -1, -inf).
+  m.def("greedy_argmax(Tensor(a!) ids, Tensor(b!)? values, Tensor logits, Tensor? allowed) -> ()");
 
   // ---- attention ----
   // Scatter key/value [T, kv_heads, D] into the paged caches at slot_mapping (negative = skip).
@@ -32,6 +34,14 @@ TORCH_LIBRARY(ferrum_ext, m) {
   m.def("paged_attention_varlen(Tensor! out, Tensor query, Tensor key_cache, Tensor value_cache, Tensor cu_seqlens_q, Tensor seq_lens, Tensor block_tables, float scale, str layout, bool tiled_q4, int max_seq_len, int max_q_len, int num_splits) -> ()");
 
   // ---- moe ----
+  // Softmax (fp32) over experts, top-k by repeated arg-max (ties to the lower id), optional renormalisation.
+  m.def("moe_route(Tensor! weights, Tensor! ids, Tensor router_logits, int top_k, bool renormalize) -> ()");
+  // Pairs p = t*k + j grouped by expert (ascending p inside), runs padded to block_m with the sentinel T*k.
+  m.def("moe_align(Tensor! sorted_pair_ids, Tensor! block_expert_ids, Tensor! num_padded, Tensor topk_ids, "
+        "int num_experts, int block_m) -> ()");
+  // out = sum_j w[t,j] * (silu(x W13g^T) * (x W13u^T)) W2^T of expert ids[t,j]; tier picked from T and thresholds.
+  m.def("fused_moe(Tensor! out, Tensor hidden, Tensor w13, Tensor w2, Tensor topk_weights, Tensor topk_ids, "
+        "int gemv_threshold, int prefill_threshold, str tier) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(ferrum_ext, CUDA, m) {
@@ -42,6 +52,10 @@ TORCH_LIBRARY_IMPL(ferrum_ext, CUDA, m) {
   m.impl("paged_attention_decode", &paged_attention_decode);
   m.impl("paged_attention_varlen", &paged_attention_varlen);
   m.impl("qk_norm_rope_write_cache", &qk_norm_rope_write_cache);
+  m.impl("greedy_argmax", &greedy_argmax);
+  m.impl("moe_route", &moe_route);
+  m.impl("moe_align", &moe_align);
+  m.impl("fused_moe", &fused_moe);
 }
 
 // `import ferrum_ext._C` runs the registrations above; the module itself is empty.

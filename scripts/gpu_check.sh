@@ -40,7 +40,7 @@ if has test; then
 fi
 
 if has sanitize; then
-  compute-sanitizer --tool memcheck --error-exitcode 3 python3 scripts/sanitize_kernels.py \
+  PYTHONPATH="$ROOT" compute-sanitizer --tool memcheck --error-exitcode 3 python3 scripts/sanitize_kernels.py \
     > "$OUT/memcheck.log" 2>&1 || status=1
   tail -4 "$OUT/memcheck.log"
 fi

@@ -51,7 +51,32 @@ def attention():
             ops.paged_attention_varlen(q, kc, vc, cu, sl, bt, 0.1, layout, tiled, max_q_len=mql, num_splits=splits)
 
 
-FAMILIES = [layers, attention]
+def sampling():
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        for batch, vocab in ((1, 32001), (3, 151936), (200, 1003)):  # split rows, one CTA per row
+            buf = torch.randn(batch, vocab + 5, device="cuda", dtype=dtype)
+            ops.greedy_argmax(buf[:, :vocab], return_value=True)
+            x = buf[:, 3:vocab + 3]  # misaligned rows: head and tail elements
+            ops.greedy_argmax(x, return_value=True)
+            mask = torch.rand(batch, vocab + 1, device="cuda") < 0.5
+            ops.greedy_argmax(x, return_value=True, allowed=mask[:, 1:])  # misaligned mask
+            ops.greedy_argmax(x, allowed=mask[0, :vocab].to(torch.uint8))
+
+
+def moe():
+    for dtype in (torch.bfloat16, torch.float16):
+        for tokens in (1, 5, 40, 300):
+            x = torch.randn(tokens, 192, device="cuda", dtype=dtype)
+            w13 = torch.randn(16, 256, 192, device="cuda", dtype=dtype) * 0.05
+            w2 = torch.randn(16, 192, 128, device="cuda", dtype=dtype) * 0.05
+            w, ids = ops.moe_route(torch.randn(tokens, 16, device="cuda"), 3, True)
+            ids[::3, 1] = -1
+            for tier in ("gemv", "small", "prefill"):
+                ops.fused_moe(x, w13, w2, w, ids, tier=tier)
+            ops.moe_align(ids, 16, 16)
+
+
+FAMILIES = [layers, attention, sampling, moe]
 
 if __name__ == "__main__":
     for family in FAMILIES:

@@ -1,0 +1,109 @@
+"""Fused MoE layer (router to combine): moe_route + fused_moe, Qwen3-MoE shapes, bf16, random routing.
+
+Work per layer of T tokens, top-k of E experts, hidden H, intermediate I (e = 2 bytes):
+  weight bytes  = (distinct experts hit) * 3 * H * I * e       (w13 rows 2I x H, w2 H x I; each read once)
+  + activations = T * H * e (hidden in) + T * H * e (out) + T * E * 4 (fp32 router logits)
+  FLOPs         = 2 * T * k * 3 * H * I
+Decode-sized T is weight-bandwidth-bound (rate: GB/s against the read ceiling); prefill-sized T is
+tensor-core-bound (rate: TFLOP/s against the bf16 matmul ceiling). Both rates are printed for every T
+(`variant` says which the row's pct_ceiling uses).
+
+Variants: "eager" (Python wrappers, launches included), "graph" (the same step captured in a CUDA
+graph and replayed: the launch-free number a captured decode step sees). Baseline, timed in the same
+run: a PyTorch pipeline (softmax / top-k, argsort, torch._grouped_mm for both GEMMs, index_add
+combine; a per-expert loop of matmuls where _grouped_mm is missing).
+"""
+
+import torch
+
+from ferrum_ext import ops
+
+QWEN3_30B = dict(name="Qwen3-30B-A3B", E=128, k=8, H=2048, I=768)
+QWEN3_235B = dict(name="Qwen3-235B-A22B", E=128, k=8, H=4096, I=1536)
+CASES = [(QWEN3_30B, t) for t in (1, 4, 16, 64, 256, 1024, 4096)] + [(QWEN3_235B, t) for t in (1, 64, 4096)]
+ROTATE = 3
+
+
+def torch_moe(x, logits, w13, w2, top_k):
+    """The PyTorch baseline pipeline (no host sync)."""
+    num_tokens, hidden = x.shape
+    num_experts, inter = w13.shape[0], w13.shape[1] // 2
+    w, ids = torch.topk(torch.softmax(logits.float(), -1), top_k, dim=-1)
+    w = w / w.sum(-1, keepdim=True)
+    flat = ids.reshape(-1)
+    order = torch.argsort(flat, stable=True)
+    tok = order // top_k
+    offs = torch.cumsum(torch.bincount(flat, minlength=num_experts), 0).to(torch.int32)
+    xs = x[tok]
+    gu = torch._grouped_mm(xs, w13.transpose(1, 2), offs=offs)
+    h = torch.nn.functional.silu(gu[:, :inter]) * gu[:, inter:]
+    y = torch._grouped_mm(h, w2.transpose(1, 2), offs=offs)
+    y = y * w.reshape(-1)[order, None].to(y.dtype)
+    return torch.zeros_like(x).index_add_(0, tok, y)
+
+
+def torch_moe_loop(x, logits, w13, w2, top_k):
+    """Fallback baseline where torch._grouped_mm is missing: a loop over experts (syncs on the host)."""
+    inter = w13.shape[1] // 2
+    w, ids = torch.topk(torch.softmax(logits.float(), -1), top_k, dim=-1)
+    w = w / w.sum(-1, keepdim=True)
+    out = torch.zeros_like(x, dtype=torch.float32)
+    for e in torch.unique(ids).tolist():
+        t, j = torch.nonzero(ids == e, as_tuple=True)
+        gu = x[t] @ w13[e].t()
+        y = (torch.nn.functional.silu(gu[:, :inter]) * gu[:, inter:]) @ w2[e].t()
+        out.index_add_(0, t, y.float() * w[t, j, None])
+    return out.to(x.dtype)
+
+
+def ours(x, logits, w13, w2, top_k, out):
+    w, ids = ops.moe_route(logits, top_k, True)
+    return ops.fused_moe(x, w13, w2, w, ids, out=out)
+
+
+def _baseline():
+    try:
+        x = torch.randn(8, 64, device="cuda", dtype=torch.bfloat16)
+        w13 = torch.randn(4, 128, 64, device="cuda", dtype=torch.bfloat16)
+        w2 = torch.randn(4, 64, 64, device="cuda", dtype=torch.bfloat16)
+        torch_moe(x, torch.randn(8, 4, device="cuda"), w13, w2, 2)
+        return torch_moe, "torch _grouped_mm pipeline"
+    except (AttributeError, RuntimeError, TypeError):
+        return torch_moe_loop, "torch per-expert loop"
+
+
+def run(ctx):
+    rows = []
+    baseline, baseline_name = _baseline()
+    dtype = torch.bfloat16
+    for model, num_tokens in CASES:
+        E, k, H, I = model["E"], model["k"], model["H"], model["I"]
+        w13 = torch.randn(E, 2 * I, H, device="cuda", dtype=dtype) / H**0.5
+        w2 = torch.randn(E, H, I, device="cuda", dtype=dtype) / I**0.5
+        sets = [(torch.randn(num_tokens, H, device="cuda", dtype=dtype),
+                 torch.randn(num_tokens, E, device="cuda"),
+                 torch.empty(num_tokens, H, device="cuda", dtype=dtype)) for _ in range(ROTATE)]
+        hit = sum(int(torch.unique(torch.topk(lg, k, -1).indices).numel()) for _, lg, _ in sets) / ROTATE
+        weight_bytes = hit * 3 * H * I * 2 + num_tokens * (2 * H * 2 + E * 4)
+        flops = 2 * num_tokens * k * 3 * H * I
+        case = f"{model['name']} T={num_tokens} (experts hit {hit:.0f})"
+
+        t_eager = ctx.time(lambda x, lg, o: ours(x, lg, w13, w2, k, o), sets)
+        graphs = []
+        for x, lg, o in sets:
+            ours(x, lg, w13, w2, k, o)
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                ours(x, lg, w13, w2, k, o)
+            graphs.append((g,))
+        t_graph = ctx.time(lambda g: g.replay(), graphs)
+        t_base = ctx.time(lambda x, lg, o: baseline(x, lg, w13, w2, k), sets)
+        for variant, t in (("graph", t_graph), ("eager", t_eager)):
+            bw = ctx.row("fused_moe", case, dtype, t, bytes_moved=weight_bytes, baseline=t_base,
+                         baseline_name=baseline_name, variant=f"{variant} GB/s")
+            fl = ctx.row("fused_moe", case, dtype, t, flops=flops, baseline=t_base,
+                         baseline_name=baseline_name, variant=f"{variant} TFLOP/s")
+            rows += [bw, fl]
+        del w13, w2, sets, graphs
+        torch.cuda.empty_cache()
+    return rows

@@ -1,0 +1,151 @@
+// Launcher of fused_moe: align -> gate_up GEMM (+SiLU*up) -> down GEMM -> combine.
+//
+// Tier from the host-known token count T and the caller's thresholds:
+//   T < gemv_threshold            "gemv":    weight-streaming kernel, block_m 4
+//   T < prefill_threshold         "small":   mma.sync, block_m 16, block_n 128
+//   otherwise                     "prefill": mma.sync, block_m 64 or 128, block_n 128
+// Workspace from the caching allocator, sizes from (T, k, E, block_m) alone:
+// h [T*k, I] + y [T*k, H] activations and O(T*k + E*block_m) int32 ids. No host sync.
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <ATen/ops/empty.h>
+
+#include <algorithm>
+#include <string>
+
+#include "common/checks.h"
+#include "common/dispatch.h"
+#include "moe/combine.cuh"
+#include "moe/moe_align_launch.h"
+#include "moe/moe_common.cuh"
+#include "ops.h"
+
+namespace {
+
+enum class Tier { kGemv, kSmall, kPrefill };
+
+Tier pick_tier(int64_t num_tokens, int64_t gemv_threshold, int64_t prefill_threshold, const std::string& tier) {
+  if (tier == "gemv") return Tier::kGemv;
+  if (tier == "small") return Tier::kSmall;
+  if (tier == "prefill") return Tier::kPrefill;
+  TORCH_CHECK(tier == "auto", "tier: expected 'gemv', 'small', 'prefill' or 'auto', got '", tier, "'");
+  if (num_tokens < gemv_threshold) return Tier::kGemv;
+  if (num_tokens < prefill_threshold) return Tier::kSmall;
+  return Tier::kPrefill;
+}
+
+}  // namespace
+
+void fused_moe(at::Tensor& out, const at::Tensor& hidden, const at::Tensor& w13, const at::Tensor& w2,
+               const at::Tensor& topk_weights, const at::Tensor& topk_ids, int64_t gemv_threshold,
+               int64_t prefill_threshold, c10::string_view tier) {
+  FERRUM_CHECK_CUDA(hidden);
+  for (const at::Tensor* t : std::initializer_list<const at::Tensor*>{&out, &w13, &w2, &topk_weights, &topk_ids}) {
+    TORCH_CHECK(t->device() == hidden.device(), "fused_moe: every tensor must be on ", hidden.device(), ", got ",
+                t->device());
+  }
+  FERRUM_CHECK_DIM(hidden, 2);
+  FERRUM_CHECK_DIM(w13, 3);
+  FERRUM_CHECK_DIM(w2, 3);
+  FERRUM_CHECK_DIM(topk_weights, 2);
+  FERRUM_CHECK_CONTIGUOUS(hidden);
+  FERRUM_CHECK_CONTIGUOUS(w13);
+  FERRUM_CHECK_CONTIGUOUS(w2);
+  FERRUM_CHECK_CONTIGUOUS(topk_weights);
+  FERRUM_CHECK_CONTIGUOUS(topk_ids);
+  FERRUM_CHECK_CONTIGUOUS(out);
+  FERRUM_CHECK_SAME_DTYPE(w13, hidden);
+  FERRUM_CHECK_SAME_DTYPE(w2, hidden);
+  FERRUM_CHECK_SAME_DTYPE(out, hidden);
+  FERRUM_CHECK_DTYPE(topk_weights, at::kFloat);
+  FERRUM_CHECK_DTYPE(topk_ids, at::kInt);
+  const int64_t T = hidden.size(0), H = hidden.size(1);
+  const int64_t E = w13.size(0), I = w13.size(1) / 2;
+  const int64_t top_k = topk_ids.dim() == 2 ? topk_ids.size(1) : -1;
+  TORCH_CHECK(H % 64 == 0 && H > 0, "hidden: expected a hidden size that is a multiple of 64, got ", H);
+  TORCH_CHECK(w13.size(1) % 2 == 0 && I % 64 == 0 && I > 0 && w13.size(2) == H,
+              "w13: expected shape [E, 2 * I, ", H, "] with I a multiple of 64, got ", w13.sizes());
+  TORCH_CHECK(w2.size(0) == E && w2.size(1) == H && w2.size(2) == I, "w2: expected shape [", E, ", ", H, ", ", I,
+              "], got ", w2.sizes());
+  TORCH_CHECK(topk_ids.dim() == 2 && topk_ids.size(0) == T && top_k >= 1,
+              "topk_ids: expected shape [", T, ", top_k], got ", topk_ids.sizes());
+  TORCH_CHECK(topk_weights.sizes() == topk_ids.sizes(), "topk_weights: expected shape ", topk_ids.sizes(),
+              ", got ", topk_weights.sizes());
+  TORCH_CHECK(out.sizes() == hidden.sizes(), "out: expected shape ", hidden.sizes(), ", got ", out.sizes());
+  TORCH_CHECK(T * top_k < (int64_t{1} << 30), "fused_moe: too many (token, expert) pairs");
+  if (T == 0) return;
+
+  const Tier t = pick_tier(T, gemv_threshold, prefill_threshold, std::string(tier));
+  const int64_t P = T * top_k;
+  const int64_t block_m =
+      t == Tier::kGemv ? ferrum::moe::kGemvBlockM : t == Tier::kSmall ? ferrum::moe::kSmallBlockM
+                                                                      : (P >= 192 * E ? 128 : 64);
+  const int64_t max_padded = ferrum::moe::align_max_padded(P, E, block_m);
+  const int64_t max_tiles = ferrum::moe::align_max_tiles(P, E, block_m);
+
+  const c10::cuda::OptionalCUDAGuard guard(hidden.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  at::Tensor ints = at::empty({max_padded + max_tiles + 1}, topk_ids.options());
+  int* sorted_ids = ints.data_ptr<int>();
+  int* block_expert = sorted_ids + max_padded;
+  int* num_padded = block_expert + max_tiles;
+  at::Tensor h = at::empty({P, I}, hidden.options());
+  at::Tensor y = at::empty({P, H}, hidden.options());
+
+  ferrum::moe::launch_align(topk_ids.data_ptr<int>(), static_cast<int>(P), static_cast<int>(E),
+                            static_cast<int>(block_m), sorted_ids, block_expert, num_padded, stream);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+
+  const bool bf16 = hidden.scalar_type() == at::kBFloat16;
+  TORCH_CHECK(bf16 || hidden.scalar_type() == at::kHalf, "hidden: expected dtype float16 or bfloat16, got ",
+              hidden.scalar_type());
+  ferrum::moe::GemmArgs args{};
+  args.sorted_ids = sorted_ids;
+  args.block_expert = block_expert;
+  args.num_padded = num_padded;
+  args.num_tiles = static_cast<int>(max_tiles);
+  args.num_pairs = static_cast<int>(P);
+  auto run_gemm = [&](bool gate_up) {
+    switch (t) {
+      case Tier::kGemv: ferrum::moe::launch_gemv(args, gate_up, bf16, stream); break;
+      case Tier::kSmall: ferrum::moe::launch_mma_small(args, gate_up, bf16, stream); break;
+      case Tier::kPrefill:
+        if (block_m == 128) {
+          ferrum::moe::launch_mma_prefill128(args, gate_up, bf16, stream);
+        } else {
+          ferrum::moe::launch_mma_prefill64(args, gate_up, bf16, stream);
+        }
+        break;
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  };
+
+  // gate_up: h[p] = silu(x[p / k] @ w13[e, :I]^T) * (x[p / k] @ w13[e, I:]^T)
+  args.a = hidden.data_ptr();
+  args.a_stride = H;
+  args.a_row_div = static_cast<int>(top_k);
+  args.w = w13.data_ptr();
+  args.out = h.data_ptr();
+  args.n_out = static_cast<int>(I);
+  args.k = static_cast<int>(H);
+  run_gemm(true);
+
+  // down: y[p] = h[p] @ w2[e]^T
+  args.a = h.data_ptr();
+  args.a_stride = I;
+  args.a_row_div = 1;
+  args.w = w2.data_ptr();
+  args.out = y.data_ptr();
+  args.n_out = static_cast<int>(H);
+  args.k = static_cast<int>(I);
+  run_gemm(false);
+
+  FERRUM_DISPATCH_HALF_TYPES(hidden.scalar_type(), "fused_moe", [&] {
+    const int threads = static_cast<int>(std::min<int64_t>(256, (H / 8 + 31) / 32 * 32));
+    ferrum::moe::moe_combine_kernel<scalar_t><<<static_cast<unsigned>(T), threads, 0, stream>>>(
+        reinterpret_cast<scalar_t*>(out.data_ptr()), reinterpret_cast<const scalar_t*>(y.data_ptr()),
+        topk_weights.data_ptr<float>(), topk_ids.data_ptr<int>(), static_cast<int>(top_k), static_cast<int>(H),
+        static_cast<int>(E));
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}

@@ -1,0 +1,210 @@
+// MoE router and bucketing.
+//
+// moe_route_kernel: one warp per token. Each lane holds E/32 logits (E <= 512,
+// so at most 16 registers), softmax in fp32, then top-k by k rounds of a warp
+// arg-max (ties to the lower expert index), then optional renormalisation in a
+// fixed order. Bytes: T*E*sizeof(logit) read, T*k*8 written; trivially memory-bound.
+//
+// moe_align_kernel: one CTA. Pairs p = t*k + j are split into NW contiguous
+// ranges, one per warp. Pass 1: per-warp per-expert histograms in shared memory.
+// Pass 2: per expert, exclusive prefix over warps (so warp w's pairs of expert e
+// follow warp w-1's), padded per-expert run lengths, an exclusive scan over
+// experts. Pass 3: each warp walks its range again in order, ranks lanes of the
+// same expert with __match_any_sync and writes p to its slot. Result: pairs
+// grouped by expert ascending, ascending p inside each expert, deterministic.
+// Shared memory: (NW + 2) * E ints.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <climits>
+#include <cstdint>
+
+#include "common/types.cuh"
+
+namespace ferrum::moe {
+
+constexpr int kRouteMaxExperts = 512;
+
+// PER_LANE = ceil(E / 32) rounded up to 4, 8 or 16 (E <= 128, 256, 512).
+template <typename T, int kRoutePerLane>
+__global__ void moe_route_kernel(const T* __restrict__ logits, int64_t row_stride, int num_tokens, int num_experts,
+                                 int top_k, bool renormalize, float* __restrict__ weights_out,
+                                 int* __restrict__ ids_out) {
+  const int lane = threadIdx.x % 32;
+  const int64_t token = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
+  if (token >= num_tokens) return;
+  const T* row = logits + token * row_stride;
+
+  float v[kRoutePerLane];
+  float mx = -INFINITY;
+#pragma unroll
+  for (int i = 0; i < kRoutePerLane; ++i) {
+    const int e = lane + 32 * i;
+    v[i] = e < num_experts ? to_float(row[e]) : -INFINITY;
+    mx = fmaxf(mx, v[i]);
+  }
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+  float sum = 0.f;
+#pragma unroll
+  for (int i = 0; i < kRoutePerLane; ++i) {
+    const int e = lane + 32 * i;
+    v[i] = e < num_experts ? expf(v[i] - mx) : 0.f;
+    sum += v[i];
+  }
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+  // Probabilities in [0, 1]; -1 marks experts that do not exist or were taken.
+#pragma unroll
+  for (int i = 0; i < kRoutePerLane; ++i) {
+    const int e = lane + 32 * i;
+    v[i] = e < num_experts ? v[i] / sum : -1.f;
+  }
+
+  float my_w = 0.f, wsum = 0.f;
+  int my_id = -1;
+  for (int j = 0; j < top_k; ++j) {
+    float best = -2.f;
+    int best_id = INT_MAX;
+#pragma unroll
+    for (int i = 0; i < kRoutePerLane; ++i) {  // expert ids grow with i: strict > keeps the lowest
+      if (v[i] > best) {
+        best = v[i];
+        best_id = lane + 32 * i;
+      }
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+      const float ob = __shfl_xor_sync(0xffffffffu, best, off);
+      const int oi = __shfl_xor_sync(0xffffffffu, best_id, off);
+      if (ob > best || (ob == best && oi < best_id)) {
+        best = ob;
+        best_id = oi;
+      }
+    }
+    if (best_id == INT_MAX) best_id = 0;  // only with NaN logits; keeps the id in range
+#pragma unroll
+    for (int i = 0; i < kRoutePerLane; ++i) {
+      if (lane + 32 * i == best_id) v[i] = -2.f;
+    }
+    if (lane == j) {
+      my_w = best;
+      my_id = best_id;
+    }
+    wsum += best;  // same value on every lane, summed in j order
+  }
+  if (lane < top_k) {
+    if (renormalize) my_w = wsum > 0.f ? my_w / wsum : 1.f / static_cast<float>(top_k);
+    weights_out[token * top_k + lane] = my_w;
+    ids_out[token * top_k + lane] = my_id;
+  }
+}
+
+constexpr int kAlignUnroll = 4;
+
+__device__ __forceinline__ bool valid_expert(int e, int num_experts) { return e >= 0 && e < num_experts; }
+
+// Launch with one CTA of 32 * num_warps threads and (num_warps + 2) * num_experts ints
+// of dynamic shared memory.
+__global__ void moe_align_kernel(const int* __restrict__ ids, int num_pairs, int num_experts, int block_m,
+                                 int max_padded, int max_tiles, int* __restrict__ sorted_ids,
+                                 int* __restrict__ block_expert, int* __restrict__ num_padded) {
+  extern __shared__ int smem[];
+  const int nw = blockDim.x / 32;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  int* hist = smem;                           // [nw][E]: per-warp counts, then per-warp offsets
+  int* start = smem + nw * num_experts;       // [E]: first padded slot of each expert
+  int* count = start + num_experts;           // [E]
+
+  for (int i = threadIdx.x; i < nw * num_experts; i += blockDim.x) hist[i] = 0;
+  for (int i = threadIdx.x; i < max_padded; i += blockDim.x) sorted_ids[i] = num_pairs;  // sentinel
+  __syncthreads();
+
+  const int chunk = (num_pairs + nw - 1) / nw;
+  const int p_begin = min(num_pairs, warp * chunk), p_end = min(num_pairs, p_begin + chunk);
+  // Each lane loads kAlignUnroll ids (p = base + q * 32 + lane) before using any: latency hidden.
+  for (int base = p_begin; base < p_end; base += 32 * kAlignUnroll) {
+    int e[kAlignUnroll];
+#pragma unroll
+    for (int q = 0; q < kAlignUnroll; ++q) {
+      const int p = base + q * 32 + lane;
+      e[q] = p < p_end ? __ldg(ids + p) : -1;
+    }
+#pragma unroll
+    for (int q = 0; q < kAlignUnroll; ++q)
+      if (valid_expert(e[q], num_experts)) atomicAdd(&hist[warp * num_experts + e[q]], 1);
+  }
+  __syncthreads();
+
+  for (int e = threadIdx.x; e < num_experts; e += blockDim.x) {
+    int run = 0;
+    for (int w = 0; w < nw; ++w) {
+      const int c = hist[w * num_experts + e];
+      hist[w * num_experts + e] = run;
+      run += c;
+    }
+    count[e] = run;
+  }
+  __syncthreads();
+
+  // Exclusive scan of the padded run lengths over experts, by warp 0.
+  if (warp == 0) {
+    const int per_lane = (num_experts + 31) / 32;
+    const int e0 = min(num_experts, lane * per_lane), e1 = min(num_experts, e0 + per_lane);
+    int local = 0;
+    for (int e = e0; e < e1; ++e) local += (count[e] + block_m - 1) / block_m * block_m;
+    int incl = local;
+#pragma unroll
+    for (int off = 1; off < 32; off <<= 1) {
+      const int o = __shfl_up_sync(0xffffffffu, incl, off);
+      if (lane >= off) incl += o;
+    }
+    int run = incl - local;
+    for (int e = e0; e < e1; ++e) {
+      start[e] = run;
+      run += (count[e] + block_m - 1) / block_m * block_m;
+    }
+    if (lane == 31) num_padded[0] = incl;
+  }
+  __syncthreads();
+
+  // Tile -> expert map; tiles past the padded total are -1.
+  for (int e = threadIdx.x; e < num_experts; e += blockDim.x) {
+    const int t0 = start[e] / block_m, nt = (count[e] + block_m - 1) / block_m;
+    for (int t = t0; t < t0 + nt; ++t) block_expert[t] = e;
+  }
+  {
+    const int used_tiles = (start[num_experts - 1] + (count[num_experts - 1] + block_m - 1) / block_m * block_m) /
+                           block_m;
+    for (int t = used_tiles + threadIdx.x; t < max_tiles; t += blockDim.x) block_expert[t] = -1;
+  }
+
+  // Stable scatter: pair p goes to start[e] + (pairs of e before it).
+  const unsigned lt_mask = (1u << lane) - 1u;
+  for (int base = p_begin; base < p_end; base += 32 * kAlignUnroll) {
+    int ev[kAlignUnroll];
+#pragma unroll
+    for (int q = 0; q < kAlignUnroll; ++q) {
+      const int p = base + q * 32 + lane;
+      ev[q] = p < p_end ? __ldg(ids + p) : -1;
+    }
+    // Rounds in q order keep p ascending: round q holds p = base + q*32 .. base + q*32 + 31.
+#pragma unroll
+    for (int q = 0; q < kAlignUnroll; ++q) {
+      const int p = base + q * 32 + lane;
+      const int e = valid_expert(ev[q], num_experts) ? ev[q] : -1;
+      const unsigned peers = __match_any_sync(0xffffffffu, e);
+      int offset = 0;
+      if (e >= 0) offset = hist[warp * num_experts + e];
+      __syncwarp();
+      if (e >= 0) {
+        sorted_ids[start[e] + offset + __popc(peers & lt_mask)] = p;
+        if (lane == 31 - __clz(peers)) hist[warp * num_experts + e] = offset + __popc(peers);
+      }
+      __syncwarp();
+    }
+  }
+}
+
+}  // namespace ferrum::moe

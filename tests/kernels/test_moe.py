@@ -1,0 +1,324 @@
+"""moe_route, moe_align and fused_moe against their reference twins.
+
+CPU: every input error, the references against each other, opcheck, torch.compile(fullgraph=True).
+GPU (marked gpu): every tier forced and chosen automatically over awkward token counts, skewed and
+padded routing, router ties, exact bucketing, determinism, CUDA-graph replay.
+"""
+
+import math
+
+import pytest
+import torch
+from torch.library import opcheck
+
+import ferrum_ext
+from ferrum_ext import ops, reference
+from ferrum_ext.testing import assert_rel_close, poison_, rel_error
+
+needs_ops = pytest.mark.skipif(not ferrum_ext.cuda_ops_available(), reason="ferrum_ext._C not built")
+TIERS = ["gemv", "small", "prefill", None]
+
+
+def make_moe(num_tokens, num_experts, top_k, hidden, inter, dtype, device, seed=0):
+    """hidden [T, H] ~ N(0, 1); weights scaled so that every stage stays O(1)."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    x = torch.randn(num_tokens, hidden, generator=g).to(device, dtype)
+    w13 = (torch.randn(num_experts, 2 * inter, hidden, generator=g) / math.sqrt(hidden)).to(device, dtype)
+    w2 = (torch.randn(num_experts, hidden, inter, generator=g) / math.sqrt(inter)).to(device, dtype)
+    logits = torch.randn(num_tokens, num_experts, generator=g).to(device)
+    weights, ids = reference.moe_route(logits, top_k, True)
+    return x, w13, w2, weights, ids
+
+
+# ---- CPU: input errors ---------------------------------------------------------------------------
+
+
+def _cpu_args(**kw):
+    x, w13, w2, w, ids = make_moe(3, 8, 2, 64, 64, torch.bfloat16, "cpu")
+    args = dict(hidden=x, w13=w13, w2=w2, topk_weights=w, topk_ids=ids)
+    args.update(kw)
+    return args
+
+
+@pytest.mark.parametrize("change,exc,match", [
+    (dict(hidden=torch.randn(3, 64)), TypeError, "hidden: expected dtype"),
+    (dict(hidden=torch.randn(3, 96, dtype=torch.bfloat16)), ValueError, "hidden: expected a hidden size"),
+    (dict(w13=torch.randn(8, 128, 64, dtype=torch.float16)), TypeError, "w13: expected dtype torch.bfloat16"),
+    (dict(w13=torch.randn(8, 128, 128, dtype=torch.bfloat16)), ValueError, "w13: expected shape"),
+    (dict(w13=torch.randn(8, 96, 64, dtype=torch.bfloat16)), ValueError, "w13: expected shape"),
+    (dict(w2=torch.randn(8, 64, 32, dtype=torch.bfloat16)), ValueError, "w2: expected shape"),
+    (dict(w2=torch.randn(4, 64, 64, dtype=torch.bfloat16)), ValueError, "w2: expected shape"),
+    (dict(topk_ids=torch.zeros(3, 2, dtype=torch.int64)), TypeError, "topk_ids: expected dtype int32"),
+    (dict(topk_ids=torch.zeros(4, 2, dtype=torch.int32)), ValueError, "topk_ids: expected shape"),
+    (dict(topk_ids=torch.zeros(3, 9, dtype=torch.int32), topk_weights=torch.zeros(3, 9)), ValueError,
+     "topk_ids: top_k = 9"),
+    (dict(topk_weights=torch.zeros(3, 3)), ValueError, "topk_weights: expected shape"),
+    (dict(topk_weights=torch.zeros(3, 2, dtype=torch.int32)), TypeError, "topk_weights: expected dtype"),
+    (dict(tier="fast"), ValueError, "tier: expected one of"),
+    (dict(gemv_threshold=-1), ValueError, "gemv_threshold"),
+])
+def test_fused_moe_rejects(change, exc, match):
+    with pytest.raises(exc, match=match):
+        ops.fused_moe(**_cpu_args(**change))
+
+
+def test_fused_moe_rejects_bad_out():
+    with pytest.raises(ValueError, match="out: expected shape"):
+        ops.fused_moe(**_cpu_args(), out=torch.empty(2, 64, dtype=torch.bfloat16))
+
+
+def test_route_rejects():
+    with pytest.raises(ValueError, match="top_k: expected an int"):
+        ops.moe_route(torch.randn(3, 8), 9)
+    with pytest.raises(ValueError, match="top_k: expected an int"):
+        ops.moe_route(torch.randn(3, 64), 17)
+    with pytest.raises(ValueError, match="router_logits: expected 1..512 experts"):
+        ops.moe_route(torch.randn(3, 513), 2)
+    with pytest.raises(TypeError, match="router_logits: expected dtype"):
+        ops.moe_route(torch.zeros(3, 8, dtype=torch.int32), 2)
+    with pytest.raises(ValueError, match="out: expected shape"):
+        ops.moe_route(torch.randn(3, 8), 2, out=(torch.empty(3, 3), torch.empty(3, 2, dtype=torch.int32)))
+
+
+def test_align_rejects():
+    with pytest.raises(TypeError, match="topk_ids: expected dtype int32"):
+        ops.moe_align(torch.zeros(3, 2, dtype=torch.int64), 8, 16)
+    with pytest.raises(ValueError, match="block_m"):
+        ops.moe_align(torch.zeros(3, 2, dtype=torch.int32), 8, 0)
+    with pytest.raises(ValueError, match="num_experts"):
+        ops.moe_align(torch.zeros(3, 2, dtype=torch.int32), 0, 16)
+
+
+# ---- CPU: the references --------------------------------------------------------------------------
+
+
+def test_route_reference_semantics():
+    logits = torch.tensor([[1.0, 3.0, 3.0, 0.5], [2.0, 2.0, 2.0, 2.0]])
+    w, ids = reference.moe_route(logits, 2, False)
+    assert ids.tolist() == [[1, 2], [0, 1]]  # ties to the lower id
+    p = torch.softmax(logits, -1)
+    torch.testing.assert_close(w[0], p[0, 1:3])
+    w, _ = reference.moe_route(logits, 2, True)
+    torch.testing.assert_close(w, torch.full((2, 2), 0.5))
+
+
+def test_align_reference_layout():
+    ids = torch.tensor([[2, 0], [2, -1], [0, 2], [5, 2]], dtype=torch.int32)  # 5 >= E: skipped
+    sorted_ids, block_expert, num_padded = reference.moe_align(ids, 4, 4)
+    # expert 0: pairs 1, 4 -> one tile; expert 2: pairs 0, 2, 5, 7 -> one tile.
+    assert num_padded.tolist() == [8]
+    assert sorted_ids.tolist()[:8] == [1, 4, 8, 8, 0, 2, 5, 7]
+    assert sorted_ids.numel() == 8 + 4 * 3 and set(sorted_ids.tolist()[8:]) == {8}
+    assert block_expert.tolist() == [0, 2, -1, -1, -1]
+
+
+def test_fused_moe_references_agree():
+    x, w13, w2, w, ids = make_moe(9, 8, 3, 64, 128, torch.float32, "cpu")
+    ids[2, 1] = -1
+    ids[4, :] = -1
+    loop = reference.fused_moe(x.bfloat16(), w13.bfloat16(), w2.bfloat16(), w, ids)
+    grouped = reference.fused_moe_grouped_reference(x.bfloat16(), w13.bfloat16(), w2.bfloat16(), w, ids)
+    assert rel_error(loop, grouped) < 1e-6
+    assert torch.all(loop[4] == 0)
+    # Against a direct dense formula in fp32.
+    dense = torch.zeros(9, 64)
+    for t in range(9):
+        for j in range(3):
+            e = int(ids[t, j])
+            if e < 0:
+                continue
+            gu = w13[e] @ x[t]
+            dense[t] += w[t, j] * (w2[e] @ (torch.nn.functional.silu(gu[:128]) * gu[128:]))
+    assert_rel_close(reference.fused_moe(x, w13, w2, w, ids), dense, tol=1e-5)
+
+
+def test_cpu_path_runs_every_tier():
+    args = _cpu_args()
+    ref = reference.fused_moe(**args)
+    for tier in TIERS:
+        assert_rel_close(ops.fused_moe(**args, tier=tier), ref)
+
+
+@needs_ops
+def test_opcheck_and_compile_cpu():
+    x, w13, w2, w, ids = make_moe(5, 8, 2, 64, 64, torch.bfloat16, "cpu")
+    opcheck(torch.ops.ferrum_ext.fused_moe.default,
+            (torch.empty_like(x), x, w13, w2, w, ids, 4, 32, "auto"))
+    logits = torch.randn(5, 8)
+    opcheck(torch.ops.ferrum_ext.moe_route.default,
+            (torch.empty(5, 2), torch.empty(5, 2, dtype=torch.int32), logits, 2, True))
+    sizes = reference.moe_align_sizes(10, 8, 4)
+    opcheck(torch.ops.ferrum_ext.moe_align.default,
+            (torch.empty(sizes[0], dtype=torch.int32), torch.empty(sizes[1], dtype=torch.int32),
+             torch.empty(1, dtype=torch.int32), ids, 8, 4))
+
+    def layer(logits, x):
+        wts, i = ops.moe_route(logits, 2, True)
+        return ops.fused_moe(x, w13, w2, wts, i)
+
+    compiled = torch.compile(layer, fullgraph=True)
+    assert_rel_close(compiled(logits, x), reference.fused_moe(x, w13, w2, *reference.moe_route(logits, 2, True)))
+
+
+# ---- GPU ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("num_experts,top_k", [(8, 2), (64, 6), (128, 8), (256, 16), (512, 10), (3, 3)])
+@pytest.mark.parametrize("renormalize", [True, False])
+@pytest.mark.gpu
+def test_route_matches_reference(dtype, num_experts, top_k, renormalize):
+    for num_tokens in (1, 7, 513):
+        logits = (torch.randn(num_tokens, num_experts, device="cuda") * 3).to(dtype)
+        w, ids = ops.moe_route(logits, top_k, renormalize)
+        rw, rids = reference.moe_route(logits, top_k, renormalize)
+        assert torch.equal(ids, rids), f"ids differ at T={num_tokens}"
+        torch.testing.assert_close(w, rw, rtol=2e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.gpu
+def test_route_ties_and_strided(dtype):
+    # Few distinct values: many exact ties, which must go to the lower expert id.
+    logits = torch.randint(0, 3, (300, 128), device="cuda").to(dtype)
+    logits[0] = 1.0  # every expert tied
+    w, ids = ops.moe_route(logits, 8, True)
+    rw, rids = reference.moe_route(logits, 8, True)
+    assert torch.equal(ids, rids)
+    assert ids[0].tolist() == list(range(8))
+    torch.testing.assert_close(w, rw, rtol=2e-6, atol=1e-7)
+    wide = torch.randn(33, 200, device="cuda").to(dtype)
+    strided = wide[:, 10:138]
+    w, ids = ops.moe_route(strided, 4, False)
+    rw, rids = reference.moe_route(strided, 4, False)
+    assert torch.equal(ids, rids)
+    torch.testing.assert_close(w, rw, rtol=2e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("num_tokens,top_k,num_experts,block_m", [
+    (1, 8, 128, 4), (3, 2, 8, 16), (33, 8, 128, 16), (257, 8, 128, 64), (4097, 8, 128, 128),
+    (5, 16, 256, 16), (100, 10, 512, 64), (2000, 1, 8, 128), (7, 4, 4096, 16),
+])
+@pytest.mark.parametrize("routing", ["random", "one_expert", "padded"])
+@pytest.mark.gpu
+def test_align_matches_reference_exactly(num_tokens, top_k, num_experts, block_m, routing):
+    scores = torch.rand(num_tokens, num_experts, device="cuda")
+    ids = scores.topk(top_k, dim=-1).indices.to(torch.int32)
+    if routing == "one_expert":
+        ids[:, 0] = 3 % num_experts
+    elif routing == "padded":
+        ids[::3, :] = -1
+        ids[1::5, -1] = num_experts  # out of range: skipped like padding
+    sizes = reference.moe_align_sizes(ids.numel(), num_experts, block_m)
+    outs = tuple(poison_(torch.empty(n, dtype=torch.int32, device="cuda")) for n in (*sizes, 1))
+    got = ops.moe_align(ids, num_experts, block_m, out=outs)
+    want = reference.moe_align(ids, num_experts, block_m)
+    for name, g, w in zip(("sorted_pair_ids", "block_expert_ids", "num_padded"), got, want):
+        assert torch.equal(g, w), f"{name} differs: first mismatch at {(g != w).nonzero()[:1].tolist()}"
+
+
+def _check_fused(num_tokens, num_experts, top_k, hidden, inter, dtype, tier, routing="random", seed=0):
+    x, w13, w2, w, ids = make_moe(num_tokens, num_experts, top_k, hidden, inter, dtype, "cuda", seed)
+    if routing == "one_expert":
+        ids[:] = torch.arange(top_k, dtype=torch.int32, device="cuda")  # every token: experts 0..k-1
+    elif routing == "padded":
+        ids[::4] = -1
+        ids[1::3, 0] = -1
+    out = poison_(torch.empty_like(x))
+    ops.fused_moe(x, w13, w2, w, ids, tier=tier, out=out)
+    ref = reference.fused_moe_grouped_reference(x, w13, w2, w, ids)
+    assert_rel_close(out, ref, what=f"fused_moe T={num_tokens} E={num_experts} k={top_k} H={hidden} I={inter} "
+                                    f"{dtype} tier={tier} routing={routing}")
+    return x, w13, w2, w, ids, out
+
+
+@pytest.mark.parametrize("tier", TIERS)
+@pytest.mark.parametrize("num_tokens", [1, 2, 3, 4, 5, 31, 32, 33, 257])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.gpu
+def test_fused_moe_tiers(tier, num_tokens, dtype):
+    _check_fused(num_tokens, 64, 6, 256, 192, dtype, tier, seed=num_tokens)
+
+
+@pytest.mark.parametrize("shape", [
+    (128, 8, 2048, 768),   # Qwen3-30B-A3B
+    (128, 8, 4096, 384),   # 235B hidden, a TP slice of I
+    (8, 2, 1024, 1792),    # Mixtral-like, scaled
+    (256, 16, 320, 64),    # E 256, k 16, H not a multiple of 128
+    (8, 1, 192, 128),
+])
+@pytest.mark.parametrize("tier", TIERS)
+@pytest.mark.gpu
+def test_fused_moe_shapes(shape, tier):
+    num_experts, top_k, hidden, inter = shape
+    for num_tokens in (1, 20, 130):
+        _check_fused(num_tokens, num_experts, top_k, hidden, inter, torch.bfloat16, tier, seed=num_tokens)
+
+
+@pytest.mark.parametrize("routing", ["one_expert", "padded"])
+@pytest.mark.parametrize("tier", TIERS)
+@pytest.mark.parametrize("num_tokens", [1, 3, 17, 300])
+@pytest.mark.gpu
+def test_fused_moe_skewed_and_padded(routing, tier, num_tokens):
+    x, w13, w2, w, ids, out = _check_fused(num_tokens, 64, 4, 128, 128, torch.bfloat16, tier, routing)
+    if routing == "padded":
+        assert torch.all(out[::4] == 0), "rows whose ids are all -1 must be zero"
+
+
+@pytest.mark.parametrize("tier", [None, "prefill", "small"])
+@pytest.mark.gpu
+def test_fused_moe_large_batch(tier):
+    _check_fused(4097, 16, 4, 256, 128, torch.bfloat16, tier)
+    _check_fused(4097, 16, 4, 256, 128, torch.float16, tier)
+
+
+@pytest.mark.parametrize("tier", TIERS)
+@pytest.mark.gpu
+def test_fused_moe_deterministic_and_row_independent(tier):
+    x, w13, w2, w, ids = make_moe(40, 32, 4, 256, 128, torch.bfloat16, "cuda")
+    a = ops.fused_moe(x, w13, w2, w, ids, tier=tier)
+    b = ops.fused_moe(x, w13, w2, w, ids, tier=tier)
+    assert torch.equal(a, b), "two runs differ"
+    x2, w_2, ids2 = x.clone(), w.clone(), ids.clone()
+    x2[1:] = torch.randn_like(x2[1:])
+    ids2[1:] = ids2[1:].flip(0)
+    w_2[1:] = w_2[1:].flip(0)
+    c = ops.fused_moe(x2, w13, w2, w_2, ids2, tier=tier)
+    assert torch.equal(a[0], c[0]), "row 0 changed when the other rows changed"
+
+
+@pytest.mark.parametrize("num_tokens", [1, 8, 64])
+@pytest.mark.gpu
+def test_fused_moe_cuda_graph(num_tokens):
+    num_experts, top_k, hidden, inter = 32, 4, 256, 128
+    x, w13, w2, _, _ = make_moe(num_tokens, num_experts, top_k, hidden, inter, torch.bfloat16, "cuda")
+    logits = torch.randn(num_tokens, num_experts, device="cuda")
+    out = torch.empty_like(x)
+
+    def step():
+        w, ids = ops.moe_route(logits, top_k, True)
+        ops.fused_moe(x, w13, w2, w, ids, out=out)
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        step()  # warm-up outside capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    for _ in range(3):
+        logits.copy_(torch.randn_like(logits))
+        x.copy_(torch.randn_like(x))
+        poison_(out)
+        graph.replay()
+        torch.cuda.synchronize()
+        ref = reference.fused_moe_grouped_reference(x, w13, w2, *reference.moe_route(logits, top_k, True))
+        assert_rel_close(out, ref, what=f"graph replay T={num_tokens}")
+
+
+@pytest.mark.gpu
+def test_fused_moe_loop_reference_on_gpu():
+    x, w13, w2, w, ids = make_moe(6, 16, 3, 128, 64, torch.float16, "cuda")
+    ids[2, 1] = -1
+    assert_rel_close(ops.fused_moe(x, w13, w2, w, ids), reference.fused_moe(x, w13, w2, w, ids))
