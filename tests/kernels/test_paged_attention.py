@@ -10,8 +10,6 @@ import ferrum_ext
 from ferrum_ext import ops, reference
 from ferrum_ext.testing import assert_rel_close, make_cache, make_problem, poison_, rel_error
 
-GPU = pytest.mark.skipif(not torch.cuda.is_available() or not ferrum_ext.cuda_ops_available(),
-                         reason="needs a CUDA device and the built extension")
 DTYPES = (torch.float16, torch.bfloat16)
 LAYOUTS = ("vllm", "nhd")
 
@@ -208,7 +206,6 @@ def test_torch_compile_fullgraph_cpu():
 _GQA_SHAPES = ((8, 8), (16, 2), (12, 3), (32, 4))
 
 
-@GPU
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -225,7 +222,6 @@ def test_decode_matrix(dtype, layout, head_dim, block_size):
     assert torch.count_nonzero(out[6]) == 0, "seq_lens == 0 must give zeros"
 
 
-@GPU
 @pytest.mark.gpu
 @pytest.mark.parametrize("group", (1, 2, 3, 4, 5, 8, 16))
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -237,7 +233,6 @@ def test_decode_gqa_groups(group, layout):
     assert_rel_close(out, ref, what=f"group {group}")
 
 
-@GPU
 @pytest.mark.gpu
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -252,7 +247,6 @@ def test_decode_long_context_split_paths_agree(layout, dtype):
         assert rel_error(out, outs[1]) <= 2e-3, f"num_splits={splits} vs single pass"
 
 
-@GPU
 @pytest.mark.gpu
 def test_decode_many_sequences_mixed():
     gen = torch.Generator().manual_seed(11)
@@ -262,7 +256,6 @@ def test_decode_many_sequences_mixed():
     assert_rel_close(out, ref)
 
 
-@GPU
 @pytest.mark.gpu
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_decode_unused_block_table_entries_never_read(layout):
@@ -276,7 +269,6 @@ def test_decode_unused_block_table_entries_never_read(layout):
     assert_rel_close(out, ref)
 
 
-@GPU
 @pytest.mark.gpu
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_decode_cuda_graph_replay(layout):
@@ -306,7 +298,6 @@ def test_decode_cuda_graph_replay(layout):
         assert_rel_close(out, reference.paged_attention_decode(q, kc, vc, bt, sl, scale, layout), what=f"{lens}")
 
 
-@GPU
 @pytest.mark.gpu
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -316,7 +307,6 @@ def test_write_kv_cache_gpu(layout, dtype, strided):
     _check_write(layout, dtype, torch.int32, "cuda", strided)
 
 
-@GPU
 @pytest.mark.gpu
 def test_write_then_decode_roundtrip():
     """New tokens written with write_kv_cache are attended by the decode kernel."""
@@ -330,14 +320,12 @@ def test_write_then_decode_roundtrip():
     assert_rel_close(out, ref)
 
 
-@GPU
 @pytest.mark.gpu
 def test_opcheck_cuda():
     for args in _opcheck_samples("cuda"):
         torch.library.opcheck(torch.ops.ferrum_ext.paged_attention_decode, args)
 
 
-@GPU
 @pytest.mark.gpu
 def test_torch_compile_fullgraph_cuda():
     q, kc, vc, bt, sl = make_problem([5, 300], 16, 4, 128, 16, torch.bfloat16, "nhd", "cuda")

@@ -10,8 +10,6 @@ import ferrum_ext
 from ferrum_ext import ops, reference
 from ferrum_ext.testing import assert_rel_close, make_problem, poison_, rel_error
 
-GPU = pytest.mark.skipif(not torch.cuda.is_available() or not ferrum_ext.cuda_ops_available(),
-                         reason="needs a CUDA device and the built extension")
 LAYOUTS = ("vllm", "nhd")
 
 
@@ -100,7 +98,6 @@ def _ctx_for(q_lens, seed):
     return [q + int(torch.randint(0, 700, (1,), generator=gen)) for q in q_lens]
 
 
-@GPU
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16))
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -119,7 +116,6 @@ def test_varlen_matches_reference(dtype, layout, head_dim, group):
         assert rel_error(out, outs[(False, None)]) <= 2 * (2e-3 if dtype == torch.float16 else 1e-2), key
 
 
-@GPU
 @pytest.mark.gpu
 @pytest.mark.parametrize("tiled,max_q_len", ((False, None), (True, None), (True, 100)))
 @pytest.mark.parametrize("group", (2, 3, 5, 16))
@@ -133,7 +129,6 @@ def test_varlen_groups_and_block_sizes(tiled, max_q_len, group, block_size):
     assert_rel_close(out, ref)
 
 
-@GPU
 @pytest.mark.gpu
 @pytest.mark.parametrize("tiled", (False, True))
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -145,7 +140,6 @@ def test_varlen_split_k_long_context(tiled, layout):
         assert_rel_close(out, ref, what=f"num_splits={splits}")
 
 
-@GPU
 @pytest.mark.gpu
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_varlen_decode_rows_agree_with_decode(layout):
@@ -158,7 +152,6 @@ def test_varlen_decode_rows_agree_with_decode(layout):
         assert rel_error(var, dec) <= 2e-3, f"tiled={tiled}: varlen decode rows differ from decode"
 
 
-@GPU
 @pytest.mark.gpu
 @pytest.mark.parametrize("tiled,max_q_len", ((False, None), (True, None), (True, 64)))
 def test_varlen_cuda_graph_replay(tiled, max_q_len):
@@ -191,7 +184,6 @@ def test_varlen_cuda_graph_replay(tiled, max_q_len):
         assert_rel_close(out, ref, what=f"q_lens {q_lens} ctx {ctx}")
 
 
-@GPU
 @pytest.mark.gpu
 def test_varlen_opcheck_cuda():
     q, kc, vc, cu, sl, bt = _varlen_problem([2, 5], [10, 20], 8, 2, 64, 16, torch.float16, "vllm", "cuda")
