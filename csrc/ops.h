@@ -22,6 +22,17 @@ void greedy_argmax(at::Tensor& ids, const std::optional<at::Tensor>& values, con
                    const std::optional<at::Tensor>& allowed);
 
 // ---- attention -------------------------------------------------------------
+void write_kv_cache(const at::Tensor& key, const at::Tensor& value, at::Tensor& key_cache,
+                    at::Tensor& value_cache, const at::Tensor& slot_mapping, c10::string_view layout);
+void paged_attention_decode(at::Tensor& out, const at::Tensor& query, const at::Tensor& key_cache,
+                            const at::Tensor& value_cache, const at::Tensor& block_tables,
+                            const at::Tensor& seq_lens, double scale, c10::string_view layout, int64_t max_seq_len,
+                            int64_t num_splits);
+void paged_attention_varlen(at::Tensor& out, const at::Tensor& query, const at::Tensor& key_cache,
+                            const at::Tensor& value_cache, const at::Tensor& cu_seqlens_q,
+                            const at::Tensor& seq_lens, const at::Tensor& block_tables, double scale,
+                            c10::string_view layout, bool tiled_q4, int64_t max_seq_len, int64_t max_q_len,
+                            int64_t num_splits);
 
 // ---- moe -------------------------------------------------------------------
 void moe_route(at::Tensor& weights, at::Tensor& ids, const at::Tensor& router_logits, int64_t top_k,

@@ -25,6 +25,13 @@ TORCH_LIBRARY(ferrum_ext, m) {
   m.def("greedy_argmax(Tensor(a!) ids, Tensor(b!)? values, Tensor logits, Tensor? allowed) -> ()");
 
   // ---- attention ----
+  // Scatter key/value [T, kv_heads, D] into the paged caches at slot_mapping (negative = skip).
+  m.def("write_kv_cache(Tensor key, Tensor value, Tensor! key_cache, Tensor! value_cache, Tensor slot_mapping, str layout) -> ()");
+  // One query token per sequence against its paged KV cache; split-K when num_splits (0 = auto) > 1.
+  m.def("paged_attention_decode(Tensor! out, Tensor query, Tensor key_cache, Tensor value_cache, Tensor block_tables, Tensor seq_lens, float scale, str layout, int max_seq_len, int num_splits) -> ()");
+  // Packed causal queries [M, H, D] per cu_seqlens_q against the paged cache; tiled_q4: 4 queries per CTA
+  // (64 query rows per CTA when max_q_len >= 64; max_q_len < 0: unknown).
+  m.def("paged_attention_varlen(Tensor! out, Tensor query, Tensor key_cache, Tensor value_cache, Tensor cu_seqlens_q, Tensor seq_lens, Tensor block_tables, float scale, str layout, bool tiled_q4, int max_seq_len, int max_q_len, int num_splits) -> ()");
 
   // ---- moe ----
   // Softmax (fp32) over experts, top-k by repeated arg-max (ties to the lower id), optional renormalisation.
@@ -41,6 +48,9 @@ TORCH_LIBRARY_IMPL(ferrum_ext, CUDA, m) {
   m.impl("rms_norm", &rms_norm);
   m.impl("fused_add_rms_norm", &fused_add_rms_norm);
   m.impl("silu_and_mul", &silu_and_mul);
+  m.impl("write_kv_cache", &write_kv_cache);
+  m.impl("paged_attention_decode", &paged_attention_decode);
+  m.impl("paged_attention_varlen", &paged_attention_varlen);
   m.impl("qk_norm_rope_write_cache", &qk_norm_rope_write_cache);
   m.impl("greedy_argmax", &greedy_argmax);
   m.impl("moe_route", &moe_route);

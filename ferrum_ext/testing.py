@@ -44,3 +44,72 @@ def poison_(t: torch.Tensor) -> torch.Tensor:
 def poisoned_like(t: torch.Tensor, shape=None, dtype=None) -> torch.Tensor:
     out = torch.empty(t.shape if shape is None else shape, dtype=dtype or t.dtype, device=t.device)
     return poison_(out)
+
+
+# ---- attention: random paged KV caches (tests and benchmarks) ------------------
+
+def make_cache(num_blocks: int, block_size: int, kv_heads: int, head_dim: int, dtype: torch.dtype, layout: str,
+               device, gen: torch.Generator | None = None):
+    """Random (key_cache, value_cache) in `layout`."""
+    if layout == "vllm":
+        x = 16 // torch.empty((), dtype=dtype).element_size()
+        kshape = (num_blocks, kv_heads, head_dim // x, block_size, x)
+        vshape = (num_blocks, kv_heads, head_dim, block_size)
+    else:
+        kshape = vshape = (num_blocks, block_size, kv_heads, head_dim)
+    k = torch.randn(kshape, generator=gen, device=device, dtype=torch.float32).to(dtype)
+    v = torch.randn(vshape, generator=gen, device=device, dtype=torch.float32).to(dtype)
+    return k, v
+
+
+def make_block_tables(seq_lens: list[int], block_size: int, max_blocks: int, num_blocks: int, device,
+                      gen: torch.Generator | None = None, pad_value: int | None = None) -> torch.Tensor:
+    """Shuffled, non-overlapping block tables; unused entries get pad_value (default: random valid ids)."""
+    need = [(n + block_size - 1) // block_size for n in seq_lens]
+    assert sum(need) <= num_blocks and max(need, default=0) <= max_blocks
+    perm = torch.randperm(num_blocks, generator=gen).tolist()
+    rows, used = [], 0
+    for n in need:
+        row = perm[used : used + n]
+        used += n
+        pad = max_blocks - n
+        if pad_value is None:
+            row += torch.randint(0, num_blocks, (pad,), generator=gen).tolist()
+        else:
+            row += [pad_value] * pad
+        rows.append(row)
+    return torch.tensor(rows, dtype=torch.int32, device=device).reshape(len(seq_lens), max_blocks)
+
+
+def poison_tails(key_cache: torch.Tensor, value_cache: torch.Tensor, block_tables: torch.Tensor,
+                 seq_lens: list[int], layout: str) -> None:
+    """NaN into the unused slots of each sequence's last block: a kernel must never let them through."""
+    bs = key_cache.shape[3] if layout == "vllm" else key_cache.shape[1]
+    for s, n in enumerate(seq_lens):
+        if n % bs == 0:
+            continue
+        blk = int(block_tables[s, n // bs])
+        off = n % bs
+        if layout == "vllm":
+            key_cache[blk, :, :, off:, :] = float("nan")
+            value_cache[blk, :, :, off:] = float("nan")
+        else:
+            key_cache[blk, off:] = float("nan")
+            value_cache[blk, off:] = float("nan")
+
+
+def make_problem(seq_lens: list[int], num_heads: int, kv_heads: int, head_dim: int, block_size: int,
+                 dtype: torch.dtype, layout: str, device, seed: int = 0, q_rows: int | None = None,
+                 extra_blocks: int = 3, extra_cols: int = 2):
+    """(query, key_cache, value_cache, block_tables, seq_lens tensor) with poisoned block tails."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    need = sum((n + block_size - 1) // block_size for n in seq_lens)
+    max_blocks = max((n + block_size - 1) // block_size for n in seq_lens) + extra_cols
+    num_blocks = need + extra_blocks
+    kc, vc = make_cache(num_blocks, block_size, kv_heads, head_dim, dtype, layout, "cpu", gen)
+    bt = make_block_tables(seq_lens, block_size, max_blocks, num_blocks, "cpu", gen)
+    poison_tails(kc, vc, bt, seq_lens, layout)
+    rows = len(seq_lens) if q_rows is None else q_rows
+    q = torch.randn(rows, num_heads, head_dim, generator=gen).to(dtype)
+    sl = torch.tensor(seq_lens, dtype=torch.int32)
+    return tuple(t.to(device) for t in (q, kc, vc, bt, sl))

@@ -32,6 +32,25 @@ def layers():
         ops.qk_norm_rope_write_cache(qkv, pos, cos, cos, kc, vc, slots, layout, heads, kv_heads, w, w)
 
 
+def attention():
+    from ferrum_ext.testing import make_problem
+
+    for layout in ("vllm", "nhd"):
+        # decode: single pass and split-K, a zero length, lengths ending mid-block
+        q, kc, vc, bt, sl = make_problem([0, 1, 17, 513, 4097], 32, 4, 128, 16, torch.bfloat16, layout, "cuda")
+        for splits in (None, 1, 9):
+            ops.paged_attention_decode(q, kc, vc, bt, sl, 0.088, layout, num_splits=splits)
+        k = torch.randn(5, 4, 128, device="cuda", dtype=torch.bfloat16)
+        ops.write_kv_cache(k, k, kc, vc, torch.tensor([0, -1, 77, 3, 200], device="cuda"), layout)
+        # varlen: plain, tiled-Q4, 64-row tiles, split-K
+        q_lens = [1, 3, 5, 0, 70]
+        q, kc, vc, bt, sl = make_problem([1, 700, 9, 4, 2100], 16, 2, 96, 8, torch.float16, layout, "cuda",
+                                         q_rows=sum(q_lens))
+        cu = torch.tensor([0, 1, 4, 9, 9, 79], dtype=torch.int32, device="cuda")
+        for tiled, mql, splits in ((False, None, None), (True, None, None), (True, 70, None), (True, None, 5)):
+            ops.paged_attention_varlen(q, kc, vc, cu, sl, bt, 0.1, layout, tiled, max_q_len=mql, num_splits=splits)
+
+
 def sampling():
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
         for batch, vocab in ((1, 32001), (3, 151936), (200, 1003)):  # split rows, one CTA per row
@@ -57,7 +76,7 @@ def moe():
             ops.moe_align(ids, 16, 16)
 
 
-FAMILIES = [layers, sampling, moe]
+FAMILIES = [layers, attention, sampling, moe]
 
 if __name__ == "__main__":
     for family in FAMILIES:

@@ -1,0 +1,543 @@
+// Paged attention over a block-table KV cache: decode (one query token per
+// sequence), varlen (several query tokens per sequence, causal) and the
+// tiled-Q4 varlen variant, all from one kernel template.
+//
+// One CTA (4 warps) owns (query tile, kv head, split): the query rows of the
+// tile are all `group` query heads of the kv head times its query tokens, so
+// every K/V element it touches is read from DRAM exactly once for all of them.
+// The rows form MT m16 tiles of a tensor-core mma.m16n8k16 (fp32 accumulate):
+//   S = Q K^T : A = Q rows (ldmatrix from smem), B = K tokens (ldmatrix),
+//   O += P V  : A = P (the S accumulators rounded to T), B = V (ldmatrix, .trans for "nhd").
+// K/V stream through a kStages-deep cp.async pipeline of 64-token stages
+// (zero-filled past the end of the range), online softmax in the log2 domain.
+// Long contexts are split across CTAs (split-K): each split writes a
+// normalised fp32 partial and its log2-sum-exp; merge_kernel combines them.
+//
+// Napkin math (H100, h128, bf16): a token of one kv head is 512 bytes of K+V;
+// at 3 TB/s an SM receives ~13 B/clk, i.e. one 32 KiB stage per ~2400 clk,
+// against ~32 mma + ~40 ldmatrix per warp per stage: memory-bound with a wide
+// margin, so the design goal is bytes in flight (2 stages of 32 KiB per CTA,
+// 2 CTAs per SM) and enough CTAs (split-K) to cover all SMs.
+//
+// Shared-memory tiles (16-byte units, conflict-free ldmatrix rows):
+//   K     [D/8][64 tokens]           unit = 8 dims of one token
+//   V     "nhd":  [D/8][64 tokens]   unit = 8 dims of one token (ldmatrix.trans)
+//         "vllm": [8 groups][D]      unit = 8 tokens of one dim
+//   Q     [D/8][ROWS]
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cstdint>
+
+#include "common/types.cuh"
+
+namespace ferrum::attn {
+
+constexpr int kThreads = 128;
+constexpr int kWarps = kThreads / 32;
+constexpr int kStageTokens = 64;
+constexpr int kMaxSplits = 256;
+
+// How a CTA finds its query rows.
+enum TileMode : int {
+  kTileDecode = 0,  // tile = sequence; one query row (the last position)
+  kTileRow = 1,     // tile = packed query row; its sequence by binary search in cu_seqlens_q
+  kTileList = 2,    // tile = entry of `tiles` (seq, first row, rows, q_len - first q index)
+};
+
+struct AttnParams {
+  const void* q;
+  void* out;
+  float* part_out;  // [rows_total, H, num_splits, D] when num_splits > 1
+  float* part_lse;  // [rows_total, H, num_splits] (log2 domain)
+  const void* k_cache;
+  const void* v_cache;
+  const int* block_tables;
+  const int* seq_lens;
+  const int* cu_seqlens_q;  // kTileRow / kTileList
+  const int4* tiles;        // kTileList
+  int64_t q_row_stride, q_head_stride;      // elements
+  int64_t out_row_stride, out_head_stride;  // elements
+  int64_t k_block_stride, v_block_stride;   // elements per cache block
+  int64_t bt_stride;
+  int num_seqs, num_heads, num_kv_heads, group;
+  int block_size, log2_block_size, max_blocks;
+  int tokens_per_split, num_splits;
+  int mode;
+  bool vllm_layout;
+  float scale_log2;  // softmax scale * log2(e)
+};
+
+template <int D>
+struct StageCfg {
+  static constexpr int kStages = D >= 256 ? 2 : 3;
+  static constexpr int kStageElems = kStageTokens * D;  // K (or V) elements per stage
+  static constexpr int kUnits = kStageElems / 8;         // 16-byte units per stage tile
+  static constexpr int kUnitsPerThread = kUnits / kThreads;
+  static_assert(kUnits % kThreads == 0, "head_dim must be a multiple of 16");
+};
+
+// Dynamic shared memory of one CTA, in bytes.
+template <int D, int MT>
+constexpr int attn_smem_bytes() {
+  return StageCfg<D>::kStages * 2 * StageCfg<D>::kStageElems * 2 + MT * 16 * D * 2 + kWarps * 16 * 2 * 4;
+}
+
+// ---- PTX wrappers ----------------------------------------------------------
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16-byte global -> shared copy; zero-fills (reads nothing) when !valid.
+__device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, bool valid) {
+  const int n = valid ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global.L2::128B [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+__device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+
+// c += a * b for one m16n8k16 tile, fp32 accumulators.
+template <typename T>
+__device__ __forceinline__ void mma_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
+
+template <>
+__device__ __forceinline__ void mma_16816<__half>(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+template <>
+__device__ __forceinline__ void mma_16816<__nv_bfloat16>(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                                         uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+template <typename T>
+__device__ __forceinline__ uint32_t pack2(float lo, float hi);
+template <>
+__device__ __forceinline__ uint32_t pack2<__half>(float lo, float hi) {
+  __half2 h = __floats2half2_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&h);
+}
+template <>
+__device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float lo, float hi) {
+  __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&h);
+}
+
+__device__ __forceinline__ float fast_exp2(float x) {  // ex2.approx: exp2(-inf) = 0
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// The sequence of packed query row `row`: the s with cu[s] <= row < cu[s + 1].
+__device__ __forceinline__ int find_seq(const int* cu, int num_seqs, int row) {
+  int lo = 0, hi = num_seqs - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) >> 1;
+    if (__ldg(cu + mid) <= row) lo = mid; else hi = mid - 1;
+  }
+  return lo;
+}
+
+// Keys visible to a query at position `qpos`, clamped to what the block table
+// and the splits can cover (so inconsistent inputs never read out of bounds).
+__device__ __forceinline__ int visible_end(const AttnParams& p, int seq_len, int qpos) {
+  int end = min(seq_len, qpos + 1);
+  end = min(end, p.max_blocks << p.log2_block_size);
+  end = min(end, p.tokens_per_split * p.num_splits);
+  return max(end, 0);
+}
+
+// ---- the attention kernel --------------------------------------------------
+
+// T: __half / __nv_bfloat16; D: head_dim; MT: m16 tiles of query rows
+// (query tokens per CTA * group <= 16 * MT; the tokens per CTA come from the tile).
+template <typename T, int D, int MT>
+__global__ void __launch_bounds__(kThreads) paged_attention_kernel(const AttnParams p) {
+  using Cfg = StageCfg<D>;
+  constexpr int ROWS = MT * 16;
+  constexpr int WN = kWarps / MT;           // warps splitting the tokens of a stage
+  constexpr int TW = kStageTokens / WN;     // tokens per warp per stage
+  constexpr int NT = TW / 8;                // S n-tiles per warp
+  constexpr int KS = D / 16;                // k-steps over head_dim
+  constexpr int DN = D / 8;                 // O n-tiles
+  constexpr int CH = D / 8;                 // 16-byte chunks per row
+  static_assert(kWarps % MT == 0, "MT must divide the warp count");
+
+  extern __shared__ __align__(128) uint8_t smem_raw[];
+  T* sK = reinterpret_cast<T*>(smem_raw);
+  T* sV = sK + Cfg::kStages * Cfg::kStageElems;
+  T* sQ = sV + Cfg::kStages * Cfg::kStageElems;
+  float* sML = reinterpret_cast<float*>(sQ + ROWS * D);  // [kWarps][16][2]: m, l
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int tile = blockIdx.x, split = blockIdx.y, kvh = blockIdx.z;
+
+  // ---- which query rows, which keys ----
+  int seq, q_row0, n_q, qpos0;
+  if (p.mode == kTileDecode) {
+    seq = tile; q_row0 = tile; n_q = 1;
+    qpos0 = __ldg(p.seq_lens + seq) - 1;
+  } else if (p.mode == kTileRow) {
+    seq = find_seq(p.cu_seqlens_q, p.num_seqs, tile);
+    const int c0 = __ldg(p.cu_seqlens_q + seq), c1 = __ldg(p.cu_seqlens_q + seq + 1);
+    q_row0 = tile; n_q = 1;
+    qpos0 = __ldg(p.seq_lens + seq) - (c1 - c0) + (tile - c0);
+  } else {
+    const int4 e = p.tiles[tile];
+    seq = e.x; q_row0 = e.y; n_q = e.z;
+    if (n_q <= 0) return;  // padding entry of the tile list
+    qpos0 = __ldg(p.seq_lens + seq) - e.w;
+  }
+  const int seq_len = __ldg(p.seq_lens + seq);
+  const int kv_end = visible_end(p, seq_len, qpos0 + n_q - 1);
+  const int kv_begin = split * p.tokens_per_split;
+  // Splits past the end write nothing: the merge reads only ceil(end / tokens_per_split) of them.
+  if (p.num_splits > 1 && kv_begin >= kv_end) return;
+  const int range_end = min(kv_end, kv_begin + p.tokens_per_split);
+  const int n_tok = max(range_end - kv_begin, 0);
+  const int n_stages = (n_tok + kStageTokens - 1) / kStageTokens;
+
+  // ---- Q tile into shared memory (zero rows past the group / the tile) ----
+  const int valid_rows = n_q * p.group;
+  for (int u = tid; u < ROWS * CH; u += kThreads) {
+    const int c = u % CH, r = u / CH;
+    uint4 val = make_uint4(0, 0, 0, 0);
+    if (r < valid_rows) {
+      const int qt = r / p.group, g = r % p.group;
+      const T* src = static_cast<const T*>(p.q) + static_cast<int64_t>(q_row0 + qt) * p.q_row_stride +
+                     static_cast<int64_t>(kvh * p.group + g) * p.q_head_stride + c * 8;
+      val = *reinterpret_cast<const uint4*>(src);
+    }
+    *reinterpret_cast<uint4*>(sQ + (c * ROWS + r) * 8) = val;
+  }
+
+  // ---- K/V pipeline ----
+  const int bs = p.block_size, lbs = p.log2_block_size;
+  const int* bt = p.block_tables + static_cast<int64_t>(seq) * p.bt_stride;
+  const T* kc = static_cast<const T*>(p.k_cache);
+  const T* vc = static_cast<const T*>(p.v_cache);
+  const int64_t head_off = p.vllm_layout ? static_cast<int64_t>(kvh) * D * bs : static_cast<int64_t>(kvh) * D;
+  const int64_t tok_stride = static_cast<int64_t>(p.num_kv_heads) * D;  // "nhd": elements between tokens
+  const uint32_t sK0 = smem_addr(sK), sV0 = smem_addr(sV), sQ0 = smem_addr(sQ);
+
+  // Lane j holds the block id of block j of stage s (0 where past the range).
+  auto load_block_ids = [&](int s) -> int {
+    const int tok = kv_begin + s * kStageTokens + (lane << lbs);
+    return (s < n_stages && (lane << lbs) < kStageTokens && tok < range_end) ? __ldg(bt + (tok >> lbs)) : 0;
+  };
+
+  auto issue_stage = [&](int s, int bids) {
+    const int buf = s % Cfg::kStages;
+    const int valid = range_end - (kv_begin + s * kStageTokens);  // tokens of this stage in range
+    const uint32_t dK = sK0 + buf * Cfg::kStageElems * 2, dV = sV0 + buf * Cfg::kStageElems * 2;
+#pragma unroll
+    for (int i = 0; i < Cfg::kUnitsPerThread; ++i) {
+      const int u = tid + i * kThreads;
+      if (p.vllm_layout) {
+        {  // K [nb, kvh, D/8, bs, 8]: unit u = (chunk u / 64, token u % 64), smem unit u
+          const int t = u % kStageTokens, c = u / kStageTokens;
+          const int64_t bid = __shfl_sync(0xffffffffu, bids, t >> lbs);
+          const T* src = kc + bid * p.k_block_stride + head_off + (static_cast<int64_t>(c) * bs + (t & (bs - 1))) * 8;
+          cp_async_16(dK + u * 16, src, t < valid);
+        }
+        {  // V [nb, kvh, D, bs]: unit = (group g of 8 tokens, dim d), smem [g][D]
+          const int g = (u >> 3) & 7, d = (u >> 6) * 8 + (u & 7), t = g * 8;
+          const int64_t bid = __shfl_sync(0xffffffffu, bids, t >> lbs);
+          const T* src = vc + bid * p.v_block_stride + head_off + static_cast<int64_t>(d) * bs + (t & (bs - 1));
+          cp_async_16(dV + (g * D + d) * 16, src, t < valid);
+        }
+      } else {
+        // K and V [nb, bs, kvh, D]: unit = (token t, chunk c), lanes 8 tokens x 4 chunks; smem [c][64]
+        const int c = (u >> 3) % CH, t = (u / D) * 8 + (u & 7);
+        const int64_t bid = __shfl_sync(0xffffffffu, bids, t >> lbs);
+        const int64_t off = (t & (bs - 1)) * tok_stride + head_off + c * 8;
+        const uint32_t soff = (c * kStageTokens + t) * 16;
+        cp_async_16(dK + soff, kc + bid * p.k_block_stride + off, t < valid);
+        cp_async_16(dV + soff, vc + bid * p.v_block_stride + off, t < valid);
+      }
+    }
+  };
+
+  // ---- per-warp state ----
+  const int mt = warp / WN, wn = warp % WN;
+  const int r0 = lane >> 2;                 // rows r0 and r0 + 8 of m-tile mt
+  int limit[2];                             // keys at positions >= limit are masked, per row
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int r = mt * 16 + r0 + h * 8;
+    const int qt = r < valid_rows ? r / p.group : n_q - 1;
+    limit[h] = min(range_end, visible_end(p, seq_len, qpos0 + qt));
+  }
+  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
+  float o[DN][4];
+#pragma unroll
+  for (int i = 0; i < DN; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+
+  int bids = load_block_ids(0);
+#pragma unroll
+  for (int s = 0; s < Cfg::kStages - 1; ++s) {
+    if (s < n_stages) issue_stage(s, bids);
+    cp_async_commit();
+    bids = load_block_ids(s + 1);
+  }
+
+  for (int s = 0; s < n_stages; ++s) {
+    cp_async_wait<Cfg::kStages - 2>();
+    __syncthreads();  // stage s visible to all; everyone is done with stage s - 1's buffer
+    {
+      const int next = s + Cfg::kStages - 1;
+      if (next < n_stages) issue_stage(next, bids);
+      cp_async_commit();
+      bids = load_block_ids(next + 1);
+    }
+    const int buf = s % Cfg::kStages;
+    const int tok0 = kv_begin + s * kStageTokens;
+    const int valid = range_end - tok0;
+    if (p.vllm_layout && valid < kStageTokens && (valid & 7)) {
+      // A "vllm" V unit holds 8 tokens: zero the tail of the partial one (the
+      // cache may hold NaN there, and 0 * NaN would poison P V).
+      T* v = sV + buf * Cfg::kStageElems + (valid >> 3) * D * 8;
+      for (int i = tid; i < D * 8; i += kThreads)
+        if ((i & 7) >= (valid & 7)) v[i] = from_float<T>(0.f);
+      __syncthreads();
+    }
+
+    if (mt * 16 >= valid_rows) continue;  // this warp's m-tile holds no query row (warp-uniform)
+
+    // S = Q K^T for this warp's TW tokens.
+    float sc[NT][4];
+#pragma unroll
+    for (int n = 0; n < NT; ++n) sc[n][0] = sc[n][1] = sc[n][2] = sc[n][3] = 0.f;
+    const uint32_t kbase = sK0 + buf * Cfg::kStageElems * 2;
+    const int mi = lane >> 3, li = lane & 7;
+#pragma unroll
+    for (int kk = 0; kk < KS; ++kk) {
+      uint32_t a[4];
+      ldsm_x4(a, sQ0 + ((2 * kk + (mi >> 1)) * ROWS + mt * 16 + (mi & 1) * 8 + li) * 16);
+#pragma unroll
+      for (int j = 0; j < NT / 2; ++j) {
+        uint32_t b[4];
+        const int t = wn * TW + j * 16 + (mi >> 1) * 8 + li;
+        ldsm_x4(b, kbase + ((2 * kk + (mi & 1)) * kStageTokens + t) * 16);
+        mma_16816<T>(sc[2 * j], a, b[0], b[1]);
+        mma_16816<T>(sc[2 * j + 1], a, b[2], b[3]);
+      }
+    }
+
+    // Online softmax (log2 domain), rows r0 (h = 0) and r0 + 8 (h = 1).
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      float mx = -INFINITY;
+#pragma unroll
+      for (int n = 0; n < NT; ++n) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int pos = tok0 + wn * TW + n * 8 + (lane & 3) * 2 + e;
+          float& x = sc[n][h * 2 + e];
+          x = pos < limit[h] ? x * p.scale_log2 : -INFINITY;
+          mx = fmaxf(mx, x);
+        }
+      }
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float m_new = fmaxf(m_run[h], mx);
+      const float base = m_new == -INFINITY ? 0.f : m_new;
+      const float alpha = fast_exp2(m_run[h] - base);
+      float sum = 0.f;
+#pragma unroll
+      for (int n = 0; n < NT; ++n) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          float& x = sc[n][h * 2 + e];
+          x = fast_exp2(x - base);
+          sum += x;
+        }
+      }
+      l_run[h] = l_run[h] * alpha + sum;
+      m_run[h] = m_new;
+#pragma unroll
+      for (int i = 0; i < DN; ++i) {
+        o[i][h * 2] *= alpha;
+        o[i][h * 2 + 1] *= alpha;
+      }
+    }
+
+    // O += P V.
+    const uint32_t vbase = sV0 + buf * Cfg::kStageElems * 2;
+#pragma unroll
+    for (int j = 0; j < TW / 16; ++j) {
+      uint32_t pa[4];
+      pa[0] = pack2<T>(sc[2 * j][0], sc[2 * j][1]);
+      pa[1] = pack2<T>(sc[2 * j][2], sc[2 * j][3]);
+      pa[2] = pack2<T>(sc[2 * j + 1][0], sc[2 * j + 1][1]);
+      pa[3] = pack2<T>(sc[2 * j + 1][2], sc[2 * j + 1][3]);
+      const int t0 = wn * TW + j * 16;
+#pragma unroll
+      for (int dp = 0; dp < DN / 2; ++dp) {
+        uint32_t b[4];
+        if (p.vllm_layout) {
+          const int d = dp * 16 + (mi >> 1) * 8 + li, g = (t0 >> 3) + (mi & 1);
+          ldsm_x4(b, vbase + (g * D + d) * 16);
+        } else {
+          const int t = t0 + (mi & 1) * 8 + li, c = 2 * dp + (mi >> 1);
+          ldsm_x4_trans(b, vbase + (c * kStageTokens + t) * 16);
+        }
+        mma_16816<T>(o[2 * dp], pa, b[0], b[1]);
+        mma_16816<T>(o[2 * dp + 1], pa, b[2], b[3]);
+      }
+    }
+  }
+  cp_async_wait<0>();
+  __syncthreads();  // the stage buffers become the combine area
+
+  // ---- combine the WN warps of each m-tile, normalise, write ----
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    l_run[h] += __shfl_xor_sync(0xffffffffu, l_run[h], 1);
+    l_run[h] += __shfl_xor_sync(0xffffffffu, l_run[h], 2);
+  }
+  float* sO = reinterpret_cast<float*>(smem_raw);  // [kWarps][16][D]
+  {
+    float* mine = sO + warp * 16 * D;
+#pragma unroll
+    for (int i = 0; i < DN; ++i) {
+      const int col = i * 8 + (lane & 3) * 2;
+      *reinterpret_cast<float2*>(mine + r0 * D + col) = make_float2(o[i][0], o[i][1]);
+      *reinterpret_cast<float2*>(mine + (r0 + 8) * D + col) = make_float2(o[i][2], o[i][3]);
+    }
+    if ((lane & 3) == 0) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        sML[(warp * 16 + r0 + h * 8) * 2] = m_run[h];
+        sML[(warp * 16 + r0 + h * 8) * 2 + 1] = l_run[h];
+      }
+    }
+  }
+  __syncthreads();
+
+  for (int it = tid; it < valid_rows * (D / 4); it += kThreads) {
+    const int r = it / (D / 4), d = (it % (D / 4)) * 4;
+    const int rmt = r / 16, rr = r % 16;
+    float M = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < WN; ++w) M = fmaxf(M, sML[((rmt * WN + w) * 16 + rr) * 2]);
+    const float base = M == -INFINITY ? 0.f : M;
+    float L = 0.f;
+    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+    for (int w = 0; w < WN; ++w) {
+      const int ww = rmt * WN + w;
+      const float sc = fast_exp2(sML[(ww * 16 + rr) * 2] - base);
+      L += sML[(ww * 16 + rr) * 2 + 1] * sc;
+      const float4 x = *reinterpret_cast<const float4*>(sO + (ww * 16 + rr) * D + d);
+      acc.x += x.x * sc; acc.y += x.y * sc; acc.z += x.z * sc; acc.w += x.w * sc;
+    }
+    const float inv = L > 0.f ? 1.f / L : 0.f;
+    acc.x *= inv; acc.y *= inv; acc.z *= inv; acc.w *= inv;
+    const int qt = r / p.group, head = kvh * p.group + r % p.group;
+    const int64_t row = q_row0 + qt;
+    if (p.num_splits == 1) {
+      T* dst = static_cast<T*>(p.out) + row * p.out_row_stride + head * p.out_head_stride + d;
+      Packed<T, 4> v;
+      v.v[0] = from_float<T>(acc.x); v.v[1] = from_float<T>(acc.y);
+      v.v[2] = from_float<T>(acc.z); v.v[3] = from_float<T>(acc.w);
+      store_packed<T, 4>(dst, v);
+    } else {
+      const int64_t prow = (row * p.num_heads + head) * p.num_splits + split;
+      *reinterpret_cast<float4*>(p.part_out + prow * D + d) = acc;
+      if (d == 0) p.part_lse[prow] = L > 0.f ? base + __log2f(L) : -INFINITY;
+    }
+  }
+}
+
+// ---- split-K merge ---------------------------------------------------------
+
+// One CTA per (query row, head): out = sum_j w_j O_j / sum_j w_j with
+// w_j = exp2(lse_j - max lse) over the splits that hold keys of the row.
+template <typename T, int D>
+__global__ void __launch_bounds__(kThreads) merge_splits_kernel(const AttnParams p) {
+  __shared__ float s_w[kMaxSplits];
+  __shared__ float s_red[kWarps];
+  __shared__ float4 s_acc[kThreads];
+  const int row = blockIdx.x, head = blockIdx.y, tid = threadIdx.x;
+  int seq, qpos;
+  if (p.mode == kTileDecode) {
+    seq = row;
+    qpos = __ldg(p.seq_lens + seq) - 1;
+  } else {
+    seq = find_seq(p.cu_seqlens_q, p.num_seqs, row);
+    const int c0 = __ldg(p.cu_seqlens_q + seq), c1 = __ldg(p.cu_seqlens_q + seq + 1);
+    qpos = __ldg(p.seq_lens + seq) - (c1 - c0) + (row - c0);
+  }
+  const int end = visible_end(p, __ldg(p.seq_lens + seq), qpos);
+  const int n = min((end + p.tokens_per_split - 1) / p.tokens_per_split, p.num_splits);
+  const int64_t prow = (static_cast<int64_t>(row) * p.num_heads + head) * p.num_splits;
+
+  float mx = -INFINITY;
+  for (int j = tid; j < n; j += kThreads) mx = fmaxf(mx, p.part_lse[prow + j]);
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+  if ((tid & 31) == 0) s_red[tid >> 5] = mx;
+  __syncthreads();
+  mx = s_red[0];
+#pragma unroll
+  for (int w = 1; w < kWarps; ++w) mx = fmaxf(mx, s_red[w]);
+  const float base = mx == -INFINITY ? 0.f : mx;
+  for (int j = tid; j < n; j += kThreads) s_w[j] = fast_exp2(p.part_lse[prow + j] - base);
+  __syncthreads();
+
+  constexpr int Q = D / 4;               // float4 lanes per row
+  constexpr int GROUPS = kThreads / Q;   // splits walked in parallel
+  const int q = tid % Q, grp = tid / Q;
+  float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+  float wsum = 0.f;
+  if (grp < GROUPS) {
+#pragma unroll 4
+    for (int j = grp; j < n; j += GROUPS) {
+      const float w = s_w[j];
+      const float4 x = *reinterpret_cast<const float4*>(p.part_out + (prow + j) * D + q * 4);
+      acc.x += w * x.x; acc.y += w * x.y; acc.z += w * x.z; acc.w += w * x.w;
+    }
+  }
+  for (int j = 0; j < n; ++j) wsum += s_w[j];
+  s_acc[tid] = acc;
+  __syncthreads();
+  if (tid < Q) {
+    for (int g = 1; g < GROUPS; ++g) {
+      const float4 x = s_acc[g * Q + tid];
+      acc.x += x.x; acc.y += x.y; acc.z += x.z; acc.w += x.w;
+    }
+    const float inv = wsum > 0.f ? 1.f / wsum : 0.f;
+    Packed<T, 4> v;
+    v.v[0] = from_float<T>(acc.x * inv); v.v[1] = from_float<T>(acc.y * inv);
+    v.v[2] = from_float<T>(acc.z * inv); v.v[3] = from_float<T>(acc.w * inv);
+    store_packed<T, 4>(static_cast<T*>(p.out) + row * p.out_row_stride + head * p.out_head_stride + tid * 4, v);
+  }
+}
+
+}  // namespace ferrum::attn

@@ -1,0 +1,66 @@
+// Definitions of the launch helpers of paged_attention_launch.h; included by
+// one .cu file per dtype, which instantiates them with FERRUM_ATTN_INSTANTIATE.
+#pragma once
+
+#include <atomic>
+
+#include <c10/cuda/CUDAException.h>
+
+#include "attention/paged_attention.cuh"
+#include "attention/paged_attention_launch.h"
+
+namespace ferrum::attn {
+
+namespace detail {
+constexpr int kMaxDevices = 64;
+}
+
+template <typename T, int D, int MT>
+int attention_ctas_per_sm(int device) {
+  static std::atomic<int> cache[detail::kMaxDevices] = {};
+  if (device >= 0 && device < detail::kMaxDevices) {
+    const int v = cache[device].load(std::memory_order_relaxed);
+    if (v > 0) return v;
+  }
+  constexpr int smem = attn_smem_bytes<D, MT>();
+  auto* kernel = paged_attention_kernel<T, D, MT>;
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  int n = 0;
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kThreads, smem));
+  n = n > 0 ? n : 1;
+  if (device >= 0 && device < detail::kMaxDevices) cache[device].store(n, std::memory_order_relaxed);
+  return n;
+}
+
+template <typename T, int D, int MT>
+void launch_attention(const AttnParams& p, int num_tiles, cudaStream_t stream) {
+  constexpr int smem = attn_smem_bytes<D, MT>();
+  const dim3 grid(num_tiles, p.num_splits, p.num_kv_heads);
+  paged_attention_kernel<T, D, MT><<<grid, kThreads, smem, stream>>>(p);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename T, int D>
+void launch_merge(const AttnParams& p, int num_rows, cudaStream_t stream) {
+  const dim3 grid(num_rows, p.num_heads);
+  merge_splits_kernel<T, D><<<grid, kThreads, 0, stream>>>(p);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace ferrum::attn
+
+#define FERRUM_ATTN_INSTANTIATE_MT(T, D, MT)                                                                 \
+  template void ferrum::attn::launch_attention<T, D, MT>(const ferrum::attn::AttnParams&, int, cudaStream_t); \
+  template int ferrum::attn::attention_ctas_per_sm<T, D, MT>(int);
+
+#define FERRUM_ATTN_INSTANTIATE_D(T, D) \
+  FERRUM_ATTN_INSTANTIATE_MT(T, D, 1)    \
+  FERRUM_ATTN_INSTANTIATE_MT(T, D, 2)    \
+  FERRUM_ATTN_INSTANTIATE_MT(T, D, 4)    \
+  template void ferrum::attn::launch_merge<T, D>(const ferrum::attn::AttnParams&, int, cudaStream_t);
+
+#define FERRUM_ATTN_INSTANTIATE(T) \
+  FERRUM_ATTN_INSTANTIATE_D(T, 64) \
+  FERRUM_ATTN_INSTANTIATE_D(T, 96) \
+  FERRUM_ATTN_INSTANTIATE_D(T, 128) \
+  FERRUM_ATTN_INSTANTIATE_D(T, 256)

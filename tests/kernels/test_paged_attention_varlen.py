@@ -1,0 +1,192 @@
+"""paged_attention_varlen (plain and tiled-Q4): input errors (CPU), opcheck, torch.compile,
+GPU tests against the fp32 reference and against paged_attention_decode."""
+
+import math
+
+import pytest
+import torch
+
+import ferrum_ext
+from ferrum_ext import ops, reference
+from ferrum_ext.testing import assert_rel_close, make_problem, poison_, rel_error
+
+LAYOUTS = ("vllm", "nhd")
+
+
+def _varlen_problem(q_lens, ctx_lens, h, kvh, d, bs, dtype, layout, device, seed=0):
+    q, kc, vc, bt, sl = make_problem(ctx_lens, h, kvh, d, bs, dtype, layout, device, seed=seed, q_rows=sum(q_lens))
+    cu = torch.tensor([0] + torch.tensor(q_lens).cumsum(0).tolist(), dtype=torch.int32, device=device)
+    return q, kc, vc, cu, sl, bt
+
+
+def _run(args, layout, tiled, **kw):
+    q, kc, vc, cu, sl, bt = args
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    out = poison_(torch.empty_like(q))
+    ops.paged_attention_varlen(q, kc, vc, cu, sl, bt, scale, layout, tiled, out=out, **kw)
+    ref = reference.paged_attention_varlen(q, kc, vc, cu, sl, bt, scale, layout)
+    return out, ref
+
+
+# ---- CPU ------------------------------------------------------------------------------
+
+
+def test_varlen_cpu_matches_reference_and_decode():
+    args = _varlen_problem([1, 3, 1], [10, 20, 33], 8, 2, 64, 16, torch.float16, "vllm", "cpu")
+    out, ref = _run(args, "vllm", True)
+    assert_rel_close(out, ref)
+    q, kc, vc, cu, sl, bt = args
+    dec = reference.paged_attention_decode(q[[0, 4]], kc, vc, bt[[0, 2]], sl[[0, 2]], 0.125, "vllm")
+    assert_rel_close(ref[[0, 4]], dec)
+
+
+def test_varlen_errors():
+    q, kc, vc, cu, sl, bt = _varlen_problem([2, 3], [10, 20], 8, 2, 64, 16, torch.float16, "vllm", "cpu")
+    call = ops.paged_attention_varlen
+    s = 0.125
+    with pytest.raises(TypeError, match="cu_seqlens_q"):
+        call(q, kc, vc, cu.long(), sl, bt, s)
+    with pytest.raises(ValueError, match="cu_seqlens_q"):
+        call(q, kc, vc, cu[:2].contiguous(), sl, bt, s)
+    with pytest.raises(ValueError, match="cu_seqlens_q: expected non-decreasing"):
+        call(q, kc, vc, torch.tensor([0, 4, 3], dtype=torch.int32), sl, bt, s)
+    with pytest.raises(ValueError, match="query: expected cu_seqlens_q"):
+        call(q[:4].contiguous(), kc, vc, cu, sl, bt, s)
+    with pytest.raises(ValueError, match="seq_lens: sequence 0 has a chunk"):
+        call(q, kc, vc, cu, torch.tensor([1, 20], dtype=torch.int32), bt, s)
+    with pytest.raises(TypeError, match="seq_lens"):
+        call(q, kc, vc, cu, sl.long(), bt, s)
+    with pytest.raises(ValueError, match="block_tables"):
+        call(q, kc, vc, cu, sl, bt[:1], s)
+    with pytest.raises(ValueError, match="block_tables: .* narrower"):
+        call(q, kc, vc, cu, sl, bt, s, max_seq_len=10_000)
+    with pytest.raises(ValueError, match="max_q_len"):
+        call(q, kc, vc, cu, sl, bt, s, max_q_len=-2)
+    with pytest.raises(ValueError, match="key_cache: expected shape"):
+        call(q[..., :32].contiguous(), kc, vc, cu, sl, bt, s)
+    with pytest.raises(ValueError, match="key_cache: layout 'nhd'"):
+        call(q, kc, vc, cu, sl, bt, s, "nhd")
+    with pytest.raises(ValueError, match="num_heads"):
+        call(q[:, :3].contiguous(), kc, vc, cu, sl, bt, s)
+
+
+@pytest.mark.skipif(not ferrum_ext.cuda_ops_available(), reason="needs the built extension (op registration)")
+def test_varlen_opcheck_cpu():
+    q, kc, vc, cu, sl, bt = _varlen_problem([2, 5], [10, 20], 8, 2, 64, 16, torch.float16, "nhd", "cpu")
+    for tiled in (False, True):
+        torch.library.opcheck(torch.ops.ferrum_ext.paged_attention_varlen,
+                              (torch.empty_like(q), q, kc, vc, cu, sl, bt, 0.125, "nhd", tiled, 48, -1, 0))
+
+
+def test_varlen_torch_compile_fullgraph_cpu():
+    q, kc, vc, cu, sl, bt = _varlen_problem([2, 5], [10, 20], 8, 2, 64, 16, torch.float16, "nhd", "cpu")
+
+    @torch.compile(fullgraph=True)
+    def f(q, kc, vc, cu, sl, bt):
+        return ops.paged_attention_varlen(q, kc, vc, cu, sl, bt, 0.125, "nhd", True, max_seq_len=48) * 2
+
+    assert_rel_close(f(q, kc, vc, cu, sl, bt), reference.paged_attention_varlen(q, kc, vc, cu, sl, bt, 0.125, "nhd") * 2)
+
+
+# ---- GPU ----------------------------------------------------------------------------
+
+_Q_LENS = [1, 2, 3, 4, 5, 7, 8, 64, 513, 1]
+
+
+def _ctx_for(q_lens, seed):
+    gen = torch.Generator().manual_seed(seed)
+    return [q + int(torch.randint(0, 700, (1,), generator=gen)) for q in q_lens]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16))
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("head_dim", (64, 128, 256))
+@pytest.mark.parametrize("group", (1, 4, 8))
+def test_varlen_matches_reference(dtype, layout, head_dim, group):
+    kvh = 2
+    ctx = _ctx_for(_Q_LENS, head_dim + group)
+    args = _varlen_problem(_Q_LENS, ctx, kvh * group, kvh, head_dim, 16, dtype, layout, "cuda", seed=group)
+    outs = {}
+    for tiled, max_q_len in ((False, None), (True, None), (True, max(_Q_LENS))):
+        out, ref = _run(args, layout, tiled, max_q_len=max_q_len)
+        assert_rel_close(out, ref, what=f"varlen tiled={tiled} max_q_len={max_q_len} {layout} d{head_dim} g{group}")
+        outs[(tiled, max_q_len)] = out
+    for key, out in outs.items():
+        assert rel_error(out, outs[(False, None)]) <= 2 * (2e-3 if dtype == torch.float16 else 1e-2), key
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("tiled,max_q_len", ((False, None), (True, None), (True, 100)))
+@pytest.mark.parametrize("group", (2, 3, 5, 16))
+@pytest.mark.parametrize("block_size", (8, 32))
+def test_varlen_groups_and_block_sizes(tiled, max_q_len, group, block_size):
+    q_lens = [4, 1, 9, 2, 100]
+    ctx = [4, 2000, 100, 33, 150]
+    args = _varlen_problem(q_lens, ctx, 2 * group, 2, 96 if group == 2 else 128, block_size, torch.bfloat16,
+                           "vllm", "cuda", seed=3)
+    out, ref = _run(args, "vllm", tiled, max_q_len=max_q_len)
+    assert_rel_close(out, ref)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("tiled", (False, True))
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_varlen_split_k_long_context(tiled, layout):
+    q_lens, ctx = [4, 1, 3], [20000, 9000, 4097]
+    args = _varlen_problem(q_lens, ctx, 32, 4, 128, 16, torch.float16, layout, "cuda", seed=4)
+    for splits in (None, 1, 17):
+        out, ref = _run(args, layout, tiled, num_splits=splits)
+        assert_rel_close(out, ref, what=f"num_splits={splits}")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_varlen_decode_rows_agree_with_decode(layout):
+    ctx = [50, 3000, 17, 1]
+    q, kc, vc, cu, sl, bt = _varlen_problem([1, 1, 1, 1], ctx, 32, 8, 128, 16, torch.bfloat16, layout, "cuda")
+    scale = 1 / math.sqrt(128)
+    dec = ops.paged_attention_decode(q, kc, vc, bt, sl, scale, layout)
+    for tiled in (False, True):
+        var = ops.paged_attention_varlen(q, kc, vc, cu, sl, bt, scale, layout, tiled)
+        assert rel_error(var, dec) <= 2e-3, f"tiled={tiled}: varlen decode rows differ from decode"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("tiled,max_q_len", ((False, None), (True, None), (True, 64)))
+def test_varlen_cuda_graph_replay(tiled, max_q_len):
+    """Capture for fixed M, B and max_seq_len; replay with other q_len splits and contexts."""
+    m, b, max_len = 24, 4, 4096
+    q, kc, vc, cu, sl, bt = _varlen_problem([6] * b, [max_len] * b, 16, 4, 128, 16, torch.bfloat16, "nhd", "cuda",
+                                            seed=8)
+    scale = 1 / math.sqrt(128)
+    out = torch.empty_like(q)
+    run = lambda: ops.paged_attention_varlen(q, kc, vc, cu, sl, bt, scale, "nhd", tiled,  # noqa: E731
+                                             max_seq_len=max_len, max_q_len=max_q_len, out=out)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        run()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        run()
+    for q_lens, ctx in (([6] * 4, [6, 100, 4096, 3000]), ([1, 1, 21, 1], [1, 4096, 21, 9]),
+                        ([0, 24, 0, 0], [0, 4000, 5, 0])):
+        cu.copy_(torch.tensor([0] + torch.tensor(q_lens).cumsum(0).tolist(), dtype=torch.int32))
+        sl.copy_(torch.tensor(ctx, dtype=torch.int32))
+        q.copy_(torch.randn_like(q))
+        poison_(out)
+        graph.replay()
+        torch.cuda.synchronize()
+        assert sum(q_lens) == m
+        ref = reference.paged_attention_varlen(q, kc, vc, cu, sl, bt, scale, "nhd")
+        assert_rel_close(out, ref, what=f"q_lens {q_lens} ctx {ctx}")
+
+
+@pytest.mark.gpu
+def test_varlen_opcheck_cuda():
+    q, kc, vc, cu, sl, bt = _varlen_problem([2, 5], [10, 20], 8, 2, 64, 16, torch.float16, "vllm", "cuda")
+    for tiled in (False, True):
+        torch.library.opcheck(torch.ops.ferrum_ext.paged_attention_varlen,
+                              (torch.empty_like(q), q, kc, vc, cu, sl, bt, 0.125, "vllm", tiled, 48, 64, 0))
