@@ -16,21 +16,15 @@ import torch
 from ferrum_ext import ops as _ops
 from ferrum_ext import reference as _reference
 from ferrum_ext._extension import cuda_ops_available
-from ferrum_ext.models import _reference_ops
 
 # Ops whose kernels also take fp32 activations.
 _FP32_KERNELS = {"rms_norm", "fused_add_rms_norm", "silu_and_mul", "greedy_argmax", "moe_route"}
 
 
-def _twin(name: str):
-    return getattr(_reference, name, None) or getattr(_reference_ops, name)
-
-
 def _impl(name: str, tensor: torch.Tensor):
-    fn = getattr(_ops, name, None)
-    if fn is None or (tensor.dtype == torch.float32 and name not in _FP32_KERNELS):
-        return _twin(name), "reference"
-    return fn, "ops"
+    if tensor.dtype == torch.float32 and name not in _FP32_KERNELS:
+        return getattr(_reference, name), "reference"
+    return getattr(_ops, name), "ops"
 
 
 def backend(name: str, tensor: torch.Tensor) -> str:
