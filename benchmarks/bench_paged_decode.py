@@ -64,14 +64,16 @@ def run(ctx):
             for layout in ("vllm", "nhd"):
                 kc, vc, bt = _paged_cache(b, length, kvh, dtype, layout, gen)
                 out = torch.empty_like(q)
+                # Each layout gets its own random cache, so each gets its own SDPA reference;
+                # SDPA is timed once per shape.
+                k, v = _contiguous_kv(kc, vc, bt, layout)
+                q4 = q.unsqueeze(2)
+                sdpa = lambda: torch.nn.functional.scaled_dot_product_attention(  # noqa: E731
+                    q4, k, v, scale=scale, enable_gqa=True)
+                ref = sdpa().squeeze(2)
                 if base is None:
-                    k, v = _contiguous_kv(kc, vc, bt, layout)
-                    q4 = q.unsqueeze(2)
-                    sdpa = lambda: torch.nn.functional.scaled_dot_product_attention(  # noqa: E731
-                        q4, k, v, scale=scale, enable_gqa=True)
-                    ref = sdpa().squeeze(2)
                     base = ctx.time(sdpa)
-                    del k, v
+                del k, v
                 ops.paged_attention_decode(q, kc, vc, bt, sl, scale, layout, max_seq_len=length, out=out)
                 err = rel_error(out, ref)
                 if err > 2e-2:
