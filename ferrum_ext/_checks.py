@@ -67,24 +67,46 @@ def check_out(out: torch.Tensor, shape: Sequence[int], like_name: str, like: tor
     check_same_device("out", out, like_name, like)
 
 
-def check_kv_cache(key_cache: torch.Tensor, value_cache: torch.Tensor, layout: str, num_kv_heads: int,
-                   head_dim: int, like: torch.Tensor) -> None:
-    """A paged KV cache in `layout` ("vllm" or "nhd") for num_kv_heads x head_dim, dtype and device of `like`."""
-    if layout not in ("vllm", "nhd"):
-        raise ValueError(f'layout: expected "vllm" or "nhd", got {layout!r}')
-    for name, cache in (("key_cache", key_cache), ("value_cache", value_cache)):
-        check_tensor(name, cache, contiguous=True)
-        check_same_dtype(name, cache, "the activations", like)
-        check_same_device(name, cache, "the activations", like)
+
+LAYOUTS = ("vllm", "nhd")
+
+
+def check_layout(layout) -> None:
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout: expected 'vllm' or 'nhd', got {layout!r}")
+
+
+def check_kv_cache(key_cache: torch.Tensor, value_cache: torch.Tensor, layout: str, dtype: torch.dtype,
+                 head_dim: int, ref_name: str, ref: torch.Tensor) -> tuple[int, int]:
+    """Checks a paged cache pair against `layout`; returns (num_kv_heads, block_size)."""
+    check_layout(layout)
+    check_tensor("key_cache", key_cache, dtypes=FLOAT_TYPES, contiguous=True)
+    check_tensor("value_cache", value_cache, dtypes=FLOAT_TYPES, contiguous=True)
+    for name, t in (("key_cache", key_cache), ("value_cache", value_cache)):
+        if t.dtype != dtype:
+            raise TypeError(f"{name}: expected dtype {dtype} like {ref_name}, got {t.dtype}")
+        check_same_device(name, t, ref_name, ref)
+    x = 16 // key_cache.element_size()
     if layout == "vllm":
-        x = 16 // like.element_size()
-        if (key_cache.dim() != 5 or key_cache.shape[1] != num_kv_heads or key_cache.shape[2] * x != head_dim
-                or key_cache.shape[4] != x):
-            raise ValueError(f"key_cache: expected the vllm layout [num_blocks, {num_kv_heads}, {head_dim // x}, "
-                             f"block_size, {x}], got shape {tuple(key_cache.shape)}")
-        check_shape("value_cache", value_cache, (key_cache.shape[0], num_kv_heads, head_dim, key_cache.shape[3]))
+        if key_cache.dim() != 5:
+            hint = " (a 4-D cache is the 'nhd' layout)" if key_cache.dim() == 4 else ""
+            raise ValueError("key_cache: layout 'vllm' expects [num_blocks, num_kv_heads, head_dim // x, block_size, x]"
+                             f", got shape {tuple(key_cache.shape)}{hint}")
+        nb, kvh, dx, bs, xx = key_cache.shape
+        if xx != x or dx * x != head_dim:
+            raise ValueError(f"key_cache: expected shape [num_blocks, num_kv_heads, {head_dim // x}, block_size, {x}] "
+                             f"for head_dim {head_dim}, got {tuple(key_cache.shape)}")
+        check_shape("value_cache", value_cache, (nb, kvh, head_dim, bs))
     else:
-        if key_cache.dim() != 4 or key_cache.shape[2] != num_kv_heads or key_cache.shape[3] != head_dim:
-            raise ValueError(f"key_cache: expected the nhd layout [num_blocks, block_size, {num_kv_heads}, "
-                             f"{head_dim}], got shape {tuple(key_cache.shape)}")
+        if key_cache.dim() != 4:
+            hint = " (a 5-D cache is the 'vllm' layout)" if key_cache.dim() == 5 else ""
+            raise ValueError("key_cache: layout 'nhd' expects [num_blocks, block_size, num_kv_heads, head_dim], "
+                             f"got shape {tuple(key_cache.shape)}{hint}")
+        nb, bs, kvh, d = key_cache.shape
+        if d != head_dim:
+            raise ValueError(f"key_cache: expected head_dim {head_dim} in the last dimension, got shape "
+                             f"{tuple(key_cache.shape)}")
         check_shape("value_cache", value_cache, key_cache.shape)
+    if nb < 1:
+        raise ValueError("key_cache: expected at least one block")
+    return kvh, bs

@@ -69,9 +69,9 @@ def test_rejects_bad_tables_and_indices():
 
 def test_rejects_cache_not_matching_layout():
     qkv, pos, cos, sin, kc, vc, slots, _, _ = make_case(3, 4, 2, 64, "nhd", torch.bfloat16, "cpu")
-    with pytest.raises(ValueError, match="key_cache: expected the vllm layout"):
+    with pytest.raises(ValueError, match="key_cache: layout 'vllm' expects"):
         ops.qk_norm_rope_write_cache(qkv, pos, cos, sin, kc, vc, slots, "vllm", 4, 2)
-    with pytest.raises(ValueError, match='layout: expected "vllm" or "nhd"'):
+    with pytest.raises(ValueError, match="layout: expected 'vllm' or 'nhd'"):
         ops.qk_norm_rope_write_cache(qkv, pos, cos, sin, kc, vc, slots, "hnd", 4, 2)
 
 

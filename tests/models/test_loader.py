@@ -1,6 +1,5 @@
 """Loader and config errors, sharded checkpoints, legacy config spellings, bad prompts."""
 
-import json
 
 import pytest
 import torch
