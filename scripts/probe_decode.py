@@ -13,6 +13,8 @@ from benchmarks.harness import BenchContext
 from ferrum_ext import ops
 
 B, L, KVH, H, D, BS = 64, 4096, 4, 32, 128, 16
+if "--long" in sys.argv:
+    B, L = 1, 32768
 
 
 def main():
