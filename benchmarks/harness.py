@@ -5,12 +5,6 @@ timed run by writing a 256 MiB buffer, warm-up first, median and spread of
 >= 50 runs, input sets rotated so a run never finds its inputs cached. Rates
 count the bytes that must move (or the FLOPs that must be done) and are
 compared with ceilings measured in the same process.
-
-The flush's writes leave the L2 full of dirty lines; a read of a second,
-never-written 128 MiB buffer follows it, so their write-back happens before the
-timed run instead of being charged to the kernel (up to ~50 MB of extra DRAM
-writes, which cost a 64 MB kernel ~15% of its time). The L2 stays cold for the
-kernel's own data either way.
 """
 
 from __future__ import annotations
@@ -50,7 +44,6 @@ class BenchContext:
         self.device = torch.device(device)
         self.iters, self.warmup = iters, warmup
         self._flush = torch.empty(flush_mib << 20, dtype=torch.uint8, device=self.device)
-        self._clean = torch.zeros(32 << 20, dtype=torch.float32, device=self.device)  # 128 MiB, read only
         self._ceilings: Ceilings | None = None
 
     # -- timing -----------------------------------------------------------------
@@ -63,7 +56,7 @@ class BenchContext:
         starts = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
         ends = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
         for i in range(iters):
-            self._flush_l2()
+            self._flush.zero_()
             starts[i].record()
             fn(*arg_sets[i % len(arg_sets)])
             ends[i].record()
@@ -71,10 +64,6 @@ class BenchContext:
         us = sorted(s.elapsed_time(e) * 1e3 for s, e in zip(starts, ends))
         q = statistics.quantiles(us, n=10)
         return Timing(statistics.median(us), q[0], q[-1], iters)
-
-    def _flush_l2(self) -> None:
-        self._flush.zero_()
-        self._clean.sum()  # evicts the flush's dirty lines (their write-back happens here)
 
     # -- ceilings ---------------------------------------------------------------
 
