@@ -22,23 +22,12 @@
 #include "attention/paged_attention_launch.h"
 #include "attention/tile_list.cuh"
 #include "common/checks.h"
+#include "common/device_info.h"
 #include "ops.h"
 
 namespace {
 
 using ferrum::attn::AttnParams;
-
-int sm_count(int device) {
-  static std::atomic<int> cache[64] = {};
-  if (device >= 0 && device < 64) {
-    const int v = cache[device].load(std::memory_order_relaxed);
-    if (v > 0) return v;
-  }
-  int n = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
-  if (device >= 0 && device < 64) cache[device].store(n, std::memory_order_relaxed);
-  return n;
-}
 
 int log2_exact(int v) {
   int l = 0;
@@ -164,7 +153,7 @@ void run(AttnParams& p, const at::Tensor& query, int num_tiles, int64_t rows_tot
          int64_t forced_splits, cudaStream_t stream) {
   const int device = query.get_device();
   const int per_sm = ferrum::attn::attention_ctas_per_sm<T, D, MT>(device);
-  plan_splits(p, static_cast<int64_t>(num_tiles) * p.num_kv_heads, max_seq_len, sm_count(device) * per_sm,
+  plan_splits(p, static_cast<int64_t>(num_tiles) * p.num_kv_heads, max_seq_len, ferrum::sm_count(device) * per_sm,
               forced_splits);
   at::Tensor part_out, part_lse;
   if (p.num_splits > 1) {

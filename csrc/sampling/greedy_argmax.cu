@@ -13,36 +13,13 @@
 #include <limits>
 
 #include "common/checks.h"
+#include "common/device_info.h"
 #include "common/dispatch.h"
 #include "sampling/greedy_argmax.cuh"
 #include "ops.h"
 
 namespace {
 
-struct DeviceInfo {
-  int sm_count;
-  int cc_major;
-};
-
-// SM count and compute capability, queried once per device (host attribute queries,
-// safe during graph capture).
-DeviceInfo device_info(int device) {
-  constexpr int kMaxDevices = 64;
-  static std::atomic<int> sms[kMaxDevices];
-  static std::atomic<int> majors[kMaxDevices];
-  if (device < 0 || device >= kMaxDevices) device = 0;
-  int n = sms[device].load(std::memory_order_relaxed);
-  int major = majors[device].load(std::memory_order_relaxed);
-  if (n == 0) {
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-    majors[device].store(major, std::memory_order_relaxed);
-    sms[device].store(n, std::memory_order_relaxed);
-  }
-  return {n, major};
-}
-
-// How many CTAs of the row kernel fit on one SM, queried once per device.
 template <typename T, bool kMasked>
 int blocks_per_sm(int device) {
   constexpr int kMaxDevices = 64;
@@ -106,7 +83,6 @@ void greedy_argmax(at::Tensor& ids, const std::optional<at::Tensor>& values, con
   const c10::cuda::OptionalCUDAGuard guard(logits.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int device = logits.device().index();
-  const DeviceInfo dev = device_info(device);
   namespace ga = ferrum::argmax;
 
   FERRUM_DISPATCH_FLOAT_TYPES(logits.scalar_type(), "greedy_argmax", [&] {
@@ -118,8 +94,8 @@ void greedy_argmax(at::Tensor& ids, const std::optional<at::Tensor>& values, con
     // once (one wave, no tail), but at least one 16-byte load per thread (4 KB) per CTA.
     const int64_t min_chunk = ga::kThreads * kVec;
     int64_t num_chunks = 1;
-    if (B < dev.sm_count) {
-      const int64_t resident = int64_t(dev.sm_count) * (mask != nullptr ? blocks_per_sm<scalar_t, true>(device)
+    if (B < ferrum::sm_count(device)) {
+      const int64_t resident = int64_t(ferrum::sm_count(device)) * (mask != nullptr ? blocks_per_sm<scalar_t, true>(device)
                                                                          : blocks_per_sm<scalar_t, false>(device));
       num_chunks = std::max<int64_t>(1, std::min<int64_t>(resident / B, (V + min_chunk - 1) / min_chunk));
     }
@@ -163,7 +139,7 @@ void greedy_argmax(at::Tensor& ids, const std::optional<at::Tensor>& values, con
       attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
       attr[0].val.programmaticStreamSerializationAllowed = 1;
       config.attrs = attr;
-      config.numAttrs = dev.cc_major >= 9 ? 1 : 0;
+      config.numAttrs = ferrum::cc_major(device) >= 9 ? 1 : 0;
       const uint64_t* partial_c = partial;
       const int chunks_i = static_cast<int>(num_chunks);
       C10_CUDA_CHECK(cudaLaunchKernelEx(&config, ga::argmax_merge_kernel<scalar_t>, partial_c, chunks_i, B, x,
