@@ -15,7 +15,6 @@
 #include <ATen/ops/empty.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 
 #include "attention/paged_attention.cuh"
