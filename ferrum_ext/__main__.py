@@ -1,12 +1,17 @@
 """Command line: python -m ferrum_ext {env,demo,bench,...}.
 
-  env     every FERRUM_* knob: variable, effective value, source, what it selects
-  demo    the main job of the README (runs on GPU through the kernels, else on CPU)
-  bench   the microbenchmarks (from a source checkout): same flags as benchmarks.run
+  env       every FERRUM_* knob: variable, effective value, source, what it selects
+  demo      the README's main job: a small random Qwen3-MoE generating a batch greedily
+            (through the kernels on a GPU, the reference twins on CPU)
+  generate  greedy generation from a Hugging Face checkpoint directory
+  encode    sentence embeddings from a BERT checkpoint directory
+  bench     the microbenchmarks (from a source checkout): same flags as benchmarks.run
 """
 
 import argparse
 import sys
+
+from ferrum_ext.cli_models import add_model_commands
 
 
 def _cmd_env(args) -> int:
@@ -25,12 +30,6 @@ def _cmd_bench(args) -> int:
     return bench_main(args.rest)
 
 
-def _cmd_layer_demo(args) -> int:
-    from ferrum_ext.demo import layer_demo
-
-    return layer_demo()
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m ferrum_ext", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -39,12 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="run the microbenchmarks (GPU)")
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for benchmarks.run")
     bench.set_defaults(func=_cmd_bench)
-    try:
-        from ferrum_ext.cli_models import add_model_commands
-    except ImportError:
-        sub.add_parser("demo", help="run the layer ops on an embedded input").set_defaults(func=_cmd_layer_demo)
-    else:
-        add_model_commands(sub)
+    add_model_commands(sub)
     return parser
 
 
