@@ -10,12 +10,12 @@ host upper bound, so the split-K launch stays valid as seq_lens grow.
 
 Python side effects of the forward (the path log) happen once, at capture;
 their counts are replayed into the model's log on each replay, together with
-"decode:cuda_graph[bs=B]".
+"decode:cuda_graph[bs=B]" ("decode:cuda_graph_capture[bs=B]" once per capture).
+Graphs share a pool, so one graph's intermediates may overlap another's output:
+each replay's output is copied to the host before any other replay.
 """
 
 from __future__ import annotations
-
-from collections import Counter
 
 import torch
 
@@ -53,14 +53,15 @@ class _Graph:
     """Static buffers + the captured step of one batch size."""
 
     def __init__(self, b: int, width: int, device):
-        kw = dict(device=device)
+        i64, i32 = {"dtype": torch.int64, "device": device}, {"dtype": torch.int32, "device": device}
         self.b = b
-        self.ids = torch.zeros(b, dtype=torch.int64, **kw)
-        self.positions = torch.zeros(b, dtype=torch.int64, **kw)
-        self.slots = torch.full((b,), -1, dtype=torch.int64, **kw)  # dummies write no KV
-        self.seq_lens = torch.ones(b, dtype=torch.int32, **kw)
-        self.block_tables = torch.zeros((b, width), dtype=torch.int32, **kw)
-        self.cu_seqlens_q = torch.arange(b + 1, dtype=torch.int32, **kw)  # read in varlen mode only
+        # Dummy contents for warm-up and capture: slot -1 writes no KV, a context of 1 reads block 0.
+        self.ids = torch.zeros(b, **i64)
+        self.positions = torch.zeros(b, **i64)
+        self.slots = torch.full((b,), -1, **i64)
+        self.seq_lens = torch.ones(b, **i32)
+        self.block_tables = torch.zeros((b, width), **i32)
+        self.cu_seqlens_q = torch.arange(b + 1, **i32)  # read in varlen mode (FERRUM_VLLM_DECODE_VARLEN) only
         self.log = K.PathLog()
         self.graph = None
         self.out = None
