@@ -6,12 +6,12 @@ mix of prefill chunks and decode tokens, dispatched by the runtime env
 from __future__ import annotations
 
 import sys
-import warnings
 
 import torch
 
 from ferrum_ext.kv_cache import KVCache
 from ferrum_ext.models import _kernels as K
+from ferrum_ext.models import cuda_graphs
 from ferrum_ext.models.layers import Profiler, StepContext, set_context
 
 
@@ -29,15 +29,11 @@ class CausalLM:
                     "FERRUM_FA2_DIRECT_FFI / FERRUM_FA2_SOURCE ask for FlashAttention-2, but `flash_attn` is "
                     "not importable: pip install flash-attn, or unset those variables") from exc
             block_size = 256  # flash_attn's paged KV needs blocks of a multiple of 256
-        if env.moe_graph_requested:
-            why = ("not clean (needs FERRUM_VLLM_MOE=1 and not FERRUM_MOE_HOST_ROUTE=1)"
-                   if not env.moe_graph_vllm_clean else "not implemented by ferrum_ext.models yet")
-            warnings.warn(f"FERRUM_MOE_GRAPH=1: CUDA-graph decode is {why}; decode steps run eagerly",
-                          stacklevel=3)
         self.cache = KVCache(cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim, dtype, self.device,
                              env, cfg.max_position_embeddings, block_size,
                              shadow_nhd=env.fa_layout_varlen or self.fa2, max_blocks=max_blocks)
         self.scratch_tokens = env.initial_scratch_tokens
+        self.graphs = cuda_graphs.make(self)  # FERRUM_MOE_GRAPH: None when off or unavailable (warned)
         self._next_seq = 0
         self._mixed_steps = 0
 
@@ -82,6 +78,11 @@ class CausalLM:
             cu.append(cu[-1] + len(toks))
         max_q = max(len(toks) for _, toks in items)
         decode = kind == "decode" and max_q == 1
+        if self.graphs is not None and decode and all(sample) and not (all_logits or all_hidden):
+            next_ids = self.graphs.run(ids, pos, slots, lens, [s for s, _ in items])
+            for seq_id, toks in items:
+                cache.commit(seq_id, toks)
+            return next_ids
         mode = "fa2" if self.fa2 else "decode" if decode and not env.vllm_decode_varlen else "varlen"
         ctx = StepContext(
             mode=mode, kind=kind,

@@ -4,12 +4,15 @@ One tiny Qwen3-MoE checkpoint; a base env that chunks prefills (FERRUM_MAX_BATCH
 at most 3 sequences, so runs mix prefill chunks with decodes ("mixed" steps) and admit as others finish.
 """
 
+import warnings
+
 import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
 
 import ferrum_ext.models as fm  # noqa: E402
+from ferrum_ext.models import cuda_graphs  # noqa: E402
 from ferrum_ext.runtime_env import Qwen3MoeRuntimeEnv  # noqa: E402
 
 BASE = {"FERRUM_MAX_BATCHED_TOKENS": "8", "FERRUM_PAGED_MAX_SEQS": "3"}
@@ -123,6 +126,102 @@ def test_profiling_knobs_print_to_stderr(ckpt, baseline, capsys, var, tag):
     assert tag in capsys.readouterr().err
 
 
-def test_moe_graph_request_warns(ckpt):
-    with pytest.warns(UserWarning, match="FERRUM_MOE_GRAPH=1"):
-        run(ckpt, {"FERRUM_MOE_GRAPH": "1"})
+GRAPH_ON = {"FERRUM_MOE_GRAPH": "1", "FERRUM_VLLM_MOE": "1"}
+
+
+@pytest.mark.parametrize("extra,why", [
+    ({"FERRUM_MOE_GRAPH": "1"}, "not clean"),
+    ({**GRAPH_ON, "FERRUM_MOE_HOST_ROUTE": "1"}, "not clean"),
+    (GRAPH_ON, "only for CUDA models"),  # clean, but this model is on the CPU
+])
+def test_moe_graph_request_warns_once_and_runs_eagerly(ckpt, baseline, extra, why):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        outs, log = run(ckpt, extra)
+    graph_warnings = [w for w in caught if "FERRUM_MOE_GRAPH=1" in str(w.message)]
+    assert len(graph_warnings) == 1, [str(w.message) for w in caught]
+    assert why in str(graph_warnings[0].message) and "run eagerly" in str(graph_warnings[0].message)
+    assert graph_warnings[0].filename == __file__  # points at the caller of from_pretrained
+    assert outs[0] == baseline[0]
+    assert not log.has("decode:cuda_graph") and log.has("attention:decode:paged_decode")
+
+
+@pytest.mark.parametrize("extra", [{}, {"FERRUM_VLLM_MOE": "1"}, {"FERRUM_MOE_HOST_ROUTE": "1"}])
+def test_no_graph_warning_unless_requested(ckpt, extra):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        env = Qwen3MoeRuntimeEnv.from_env_vars({**BASE, **extra})
+        model = fm.from_pretrained(ckpt[0], torch.float32, "cpu", env=env)
+    assert model.graphs is None
+
+
+@pytest.fixture
+def cuda_like(monkeypatch):
+    """unavailable_reason() as if on a CUDA box with the extension built."""
+    monkeypatch.setattr(cuda_graphs, "cuda_ops_available", lambda: True)
+    return torch.device("cuda")
+
+
+@pytest.fixture(scope="module")
+def moe_net(ckpt):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return fm.from_pretrained(ckpt[0], torch.float32, "cpu").net
+
+
+@pytest.mark.parametrize("extra,dtype,fa2,why", [
+    (GRAPH_ON, torch.bfloat16, False, None),
+    (GRAPH_ON, torch.float16, False, None),
+    ({**GRAPH_ON, "FERRUM_VLLM_DECODE_VARLEN": "1", "FERRUM_GREEDY_ARGMAX": "1"}, torch.bfloat16, False, None),
+    ({"FERRUM_MOE_GRAPH": "1"}, torch.bfloat16, False, "not clean"),
+    ({**GRAPH_ON, "FERRUM_MOE_HOST_ROUTE": "1"}, torch.bfloat16, False, "not clean"),
+    (GRAPH_ON, torch.float32, False, "float16/bfloat16"),
+    (GRAPH_ON, torch.bfloat16, True, "FERRUM_FA2"),
+    ({**GRAPH_ON, "FERRUM_MOE_BUCKETED": "0"}, torch.bfloat16, False, "FERRUM_MOE_BUCKETED=0"),
+    ({**GRAPH_ON, "FERRUM_DECODE_OP_PROFILE": "1"}, torch.bfloat16, False, "FERRUM_DECODE_OP_PROFILE"),
+    ({**GRAPH_ON, "FERRUM_MOE_PROFILE": "1"}, torch.bfloat16, False, "FERRUM_MOE_PROFILE"),
+    ({**GRAPH_ON, "FERRUM_RBD_PROF": "1"}, torch.bfloat16, False, "FERRUM_RBD_PROF"),
+])
+def test_graph_decision(cuda_like, moe_net, extra, dtype, fa2, why):
+    env = Qwen3MoeRuntimeEnv.from_env_vars(extra)
+    got = cuda_graphs.unavailable_reason(env, cuda_like, dtype, fa2, moe_net)
+    assert (got is None) if why is None else (why in got), got
+
+
+def test_graph_decision_without_extension(monkeypatch, moe_net):
+    monkeypatch.setattr(cuda_graphs, "cuda_ops_available", lambda: False)
+    env = Qwen3MoeRuntimeEnv.from_env_vars(GRAPH_ON)
+    assert "compiled extension" in cuda_graphs.unavailable_reason(env, torch.device("cuda"), torch.bfloat16,
+                                                                  False, moe_net)
+
+
+def test_graph_decision_dense_model_ignores_moe_bucketed(cuda_like):
+    env = Qwen3MoeRuntimeEnv.from_env_vars({**GRAPH_ON, "FERRUM_MOE_BUCKETED": "0"})
+    assert cuda_graphs.unavailable_reason(env, cuda_like, torch.bfloat16, False, torch.nn.Linear(2, 2)) is None
+
+
+@pytest.mark.parametrize("extra", [{}, {"FERRUM_GREEDY_ARGMAX": "1"}, {"FERRUM_VLLM_DECODE_VARLEN": "1"},
+                                   {"FERRUM_QWEN_UNIFIED_PREFILL": "0"}])
+def test_graph_runner_without_capture_keeps_tokens(ckpt, baseline, extra):
+    """The graph runner's own code path (static buffers of the cache's full width, max_seq_len = capacity,
+    log replay) with the forward rerun instead of a CUDA graph: same tokens, same op paths per step."""
+    env_vars = {**BASE, **GRAPH_ON, "FERRUM_MOE_BATCH_THRESHOLD": "2", **extra}
+    path, prompts = ckpt
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "only for CUDA models"
+        eager = fm.from_pretrained(path, torch.float32, "cpu", env=Qwen3MoeRuntimeEnv.from_env_vars(env_vars))
+        model = fm.from_pretrained(path, torch.float32, "cpu", env=Qwen3MoeRuntimeEnv.from_env_vars(env_vars))
+    model.graphs = cuda_graphs.DecodeGraphs(model, capture=False)
+    want = eager.generate(prompts, NEW)
+    assert want == baseline[0]
+    assert model.generate(prompts, NEW) == want
+    sizes = {k for k in model.log.counts if k.startswith("decode:cuda_graph[bs=")}
+    assert len(sizes) >= 2, model.log.summary()  # batch sizes change as sequences come and go
+    assert set(model.graphs.graphs) == {int(k.split("=")[1].rstrip("]")) for k in sizes}
+    n_graph = count(model.log, "decode:cuda_graph[")
+    assert n_graph == count(model.log, "attention:decode") == count(eager.log, "attention:decode")
+    assert not model.log.has("decode:cuda_graph_capture")  # nothing captured without CUDA
+    for key in eager.log.counts:  # every op path of the eager run shows up, step for step
+        assert model.log.counts[key] == eager.log.counts[key], (key, model.log.summary(), eager.log.summary())
+    if "FERRUM_GREEDY_ARGMAX" in extra:
+        assert model.log.has("sample:decode:greedy_argmax")
