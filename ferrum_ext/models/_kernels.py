@@ -28,7 +28,10 @@ def _impl(name: str, tensor: torch.Tensor):
 
 
 def backend(name: str, tensor: torch.Tensor) -> str:
-    """'cuda' when the compiled kernel runs, 'reference' when a PyTorch twin does."""
+    """'cuda' when the compiled kernel runs, 'reference' when a PyTorch twin does,
+    'torch' for work that is no ferrum_ext op (e.g. torch.argmax on the host)."""
+    if not hasattr(_ops, name):
+        return "torch"
     _, source = _impl(name, tensor)
     return "cuda" if source == "ops" and tensor.is_cuda and cuda_ops_available() else "reference"
 

@@ -90,7 +90,7 @@ class DecodeGraphs:
             if env.greedy_argmax:
                 g.log.add("sample", "decode:greedy_argmax", logits, kernel="greedy_argmax")
                 return K.greedy_argmax(logits)
-            g.log.add("sample", "decode:logits_to_host", logits, kernel="greedy_argmax")
+            g.log.add("sample", "decode:logits_to_host", logits, kernel="torch.argmax")
             return logits
         finally:
             set_context(None)

@@ -117,7 +117,7 @@ class CausalLM:
                 if (env.greedy_argmax if decode else env.unified_greedy_argmax):
                     self.log.add("sample", f"{kind}:greedy_argmax", logits, kernel="greedy_argmax")
                     return K.greedy_argmax(logits).cpu()
-                self.log.add("sample", f"{kind}:logits_to_host", logits, kernel="greedy_argmax")
+                self.log.add("sample", f"{kind}:logits_to_host", logits, kernel="torch.argmax")
                 return logits.cpu().argmax(-1)
         finally:
             set_context(None)

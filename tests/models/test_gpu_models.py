@@ -17,7 +17,6 @@ transformers = pytest.importorskip("transformers")
 
 import ferrum_ext  # noqa: E402
 import ferrum_ext.models as fm  # noqa: E402
-from ferrum_ext.models import _kernels  # noqa: E402
 from ferrum_ext.runtime_env import Qwen3MoeRuntimeEnv  # noqa: E402
 
 pytestmark = pytest.mark.gpu
@@ -64,12 +63,10 @@ def test_bf16_kernel_path_matches_transformers(hfx, tmp_path, family):
                 assert gap <= TIE * logits[step].abs().max().item(), (prompt, step, token, want, gap)
                 break  # diverged at a near-tie: the rest is a different continuation
 
-    # Every op that ferrum_ext.ops provides ran its CUDA kernel.
+    # Every logged op ran its CUDA kernel (the host argmax of logits is torch's, by design).
     for key in model.log.counts:
-        if "[" in key and "flash_attn" not in key:
-            op = {"attention": None, "moe": "fused_moe", "sample": None}.get(key.split(":")[0])
-            if op and hasattr(_kernels._ops, op):
-                assert key.endswith("[cuda]"), key
+        if "[" in key and "logits_to_host" not in key:
+            assert key.endswith("[cuda]"), (key, model.log.summary())
 
 
 # Up to 4 sequences at a time, 7 prompts, chunked prefill: decode batches of 4, 3 and 2 (threshold 2 batches
