@@ -306,6 +306,19 @@ __global__ void __launch_bounds__(kThreads) paged_attention_kernel(const AttnPar
     bids = load_block_ids(s + 1);
   }
 
+  // Q is the same for every stage: at head_dim <= 128 its A fragments stay in
+  // registers (KS x 4), saving KS ldmatrix per warp per stage; larger heads
+  // would spill, and reload them from shared memory each stage.
+  constexpr bool kQInRegs = D <= 128;
+  const int mi = lane >> 3, li = lane & 7;
+  auto q_addr = [&](int kk) { return sQ0 + ((2 * kk + (mi >> 1)) * ROWS + mt * 16 + (mi & 1) * 8 + li) * 16; };
+  uint32_t qa[kQInRegs ? KS : 1][4];
+  if constexpr (kQInRegs) {
+    __syncthreads();  // the Q tile is in shared memory
+#pragma unroll
+    for (int kk = 0; kk < KS; ++kk) ldsm_x4(qa[kk], q_addr(kk));
+  }
+
   for (int s = 0; s < n_stages; ++s) {
     cp_async_wait<Cfg::kStages - 2>();
     __syncthreads();  // stage s visible to all; everyone is done with stage s - 1's buffer
@@ -334,11 +347,15 @@ __global__ void __launch_bounds__(kThreads) paged_attention_kernel(const AttnPar
 #pragma unroll
     for (int n = 0; n < NT; ++n) sc[n][0] = sc[n][1] = sc[n][2] = sc[n][3] = 0.f;
     const uint32_t kbase = sK0 + buf * Cfg::kStageElems * 2;
-    const int mi = lane >> 3, li = lane & 7;
 #pragma unroll
     for (int kk = 0; kk < KS; ++kk) {
       uint32_t a[4];
-      ldsm_x4(a, sQ0 + ((2 * kk + (mi >> 1)) * ROWS + mt * 16 + (mi & 1) * 8 + li) * 16);
+      if constexpr (kQInRegs) {
+#pragma unroll
+        for (int r = 0; r < 4; ++r) a[r] = qa[kk][r];
+      } else {
+        ldsm_x4(a, q_addr(kk));
+      }
 #pragma unroll
       for (int j = 0; j < NT / 2; ++j) {
         uint32_t b[4];
