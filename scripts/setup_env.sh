@@ -26,6 +26,8 @@ fi
 export MAX_JOBS="${MAX_JOBS:-$(nproc)}"
 echo "== building ferrum_ext (CUDA_HOME=${CUDA_HOME:-unset}, TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-auto}, MAX_JOBS=$MAX_JOBS)"
 start=$(date +%s)
-python -m pip install --no-build-isolation --no-deps -e "$ROOT" 2>&1 | grep -E "ferrum_ext setup|error|Error|Successfully" || true
+# -v lets setup.py's own line through (what it builds, or why only the pure-Python package).
+python -m pip install -v --no-build-isolation --no-deps -e "$ROOT" 2>&1 \
+  | grep -E "ferrum_ext setup|error:|Error:|Successfully installed" | uniq || true
 python -c "import ferrum_ext" || { echo "ferrum_ext failed to install"; exit 1; }
 echo "== build took $(( $(date +%s) - start ))s"
