@@ -14,7 +14,7 @@ import math
 import torch
 
 from ferrum_ext import ops
-from ferrum_ext.testing import make_block_tables, rel_error
+from ferrum_ext.testing import make_block_tables, make_cache, rel_error
 
 SHAPES = [(1, 32768, 4), (8, 8192, 4), (64, 4096, 4), (64, 4096, 8), (256, 2048, 8), (32, 1024, 8)]
 HEADS, HEAD_DIM, BLOCK = 32, 128, 16
@@ -23,13 +23,7 @@ HEADS, HEAD_DIM, BLOCK = 32, 128, 16
 def _paged_cache(b, length, kvh, dtype, layout, gen):
     nblk = length // BLOCK
     num_blocks = b * nblk
-    x = 16 // torch.empty((), dtype=dtype).element_size()
-    if layout == "vllm":
-        kc = torch.randn(num_blocks, kvh, HEAD_DIM // x, BLOCK, x, device="cuda", dtype=dtype)
-        vc = torch.randn(num_blocks, kvh, HEAD_DIM, BLOCK, device="cuda", dtype=dtype)
-    else:
-        kc = torch.randn(num_blocks, BLOCK, kvh, HEAD_DIM, device="cuda", dtype=dtype)
-        vc = torch.randn(num_blocks, BLOCK, kvh, HEAD_DIM, device="cuda", dtype=dtype)
+    kc, vc = make_cache(num_blocks, BLOCK, kvh, HEAD_DIM, dtype, layout, "cuda")
     bt = make_block_tables([length] * b, BLOCK, nblk, num_blocks, "cuda", gen)
     return kc, vc, bt
 

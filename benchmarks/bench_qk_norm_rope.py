@@ -11,6 +11,7 @@ rates compare with the copy ceiling. Baseline: the reference twin (PyTorch eager
 import torch
 
 from ferrum_ext import ops, reference
+from ferrum_ext.testing import make_cache, rope_tables
 
 # (tokens, heads, kv_heads, head_dim): Qwen3-30B-A3B attention (32 q / 4 kv heads, head_dim 128).
 CASES = [(4096, 32, 4, 128), (16384, 32, 4, 128)]
@@ -22,16 +23,8 @@ def _case(tokens, heads, kv_heads, d, layout, dtype, device="cuda"):
     positions = torch.randint(0, 8192, (tokens,), device=device)
     num_blocks = tokens // BLOCK + 1
     slots = torch.randperm(num_blocks * BLOCK, device=device)[:tokens]
-    inv_freq = 1.0 / 1e6 ** (torch.arange(0, d, 2, device=device, dtype=torch.float64) / d)
-    angles = torch.arange(8192, device=device, dtype=torch.float64)[:, None] * inv_freq[None, :]
-    cos, sin = angles.cos().float(), angles.sin().float()
-    if layout == "vllm":
-        x = 16 // qkv.element_size()
-        kc = torch.empty(num_blocks, kv_heads, d // x, BLOCK, x, device=device, dtype=dtype)
-        vc = torch.empty(num_blocks, kv_heads, d, BLOCK, device=device, dtype=dtype)
-    else:
-        kc = torch.empty(num_blocks, BLOCK, kv_heads, d, device=device, dtype=dtype)
-        vc = torch.empty_like(kc)
+    cos, sin = rope_tables(8192, d, device=device)
+    kc, vc = make_cache(num_blocks, BLOCK, kv_heads, d, dtype, layout, device)
     w = torch.randn(d, device=device, dtype=dtype)
     out = torch.empty(tokens, heads, d, device=device, dtype=dtype)
     return (qkv, positions, cos, sin, kc, vc, slots, layout, heads, kv_heads, w, w, 1e-6), out

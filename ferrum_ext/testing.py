@@ -62,6 +62,13 @@ def make_cache(num_blocks: int, block_size: int, kv_heads: int, head_dim: int, d
     return k, v
 
 
+def rope_tables(max_positions: int, head_dim: int, theta: float = 1e6, device=None):
+    """Half-split RoPE tables (cos, sin), float32 [max_positions, head_dim // 2], computed in fp64."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    angles = torch.arange(max_positions, dtype=torch.float64)[:, None] * inv_freq[None, :]
+    return angles.cos().float().to(device), angles.sin().float().to(device)
+
+
 def make_block_tables(seq_lens: list[int], block_size: int, max_blocks: int, num_blocks: int, device,
                       gen: torch.Generator | None = None, pad_value: int | None = None) -> torch.Tensor:
     """Shuffled, non-overlapping block tables; unused entries get pad_value (default: random valid ids)."""

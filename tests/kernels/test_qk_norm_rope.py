@@ -6,15 +6,9 @@ from torch.library import opcheck
 
 import ferrum_ext
 from ferrum_ext import ops, reference
-from ferrum_ext.testing import assert_rel_close, poisoned_like
+from ferrum_ext.testing import assert_rel_close, make_cache, poisoned_like, rope_tables
 
 needs_ops = pytest.mark.skipif(not ferrum_ext.cuda_ops_available(), reason="ferrum_ext._C not built")
-
-
-def rope_tables(max_pos: int, head_dim: int, theta: float = 1e6, device="cpu"):
-    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
-    angles = torch.arange(max_pos, dtype=torch.float64)[:, None] * inv_freq[None, :]
-    return angles.cos().float().to(device), angles.sin().float().to(device)
 
 
 def make_case(tokens, heads, kv_heads, head_dim, layout, dtype, device, num_blocks=40, block_size=16):
@@ -23,13 +17,7 @@ def make_case(tokens, heads, kv_heads, head_dim, layout, dtype, device, num_bloc
     slots = torch.randperm(num_blocks * block_size, device=device)[:tokens]
     slots[::5] = -1  # padding rows: no cache write
     cos, sin = rope_tables(512, head_dim, device=device)
-    if layout == "vllm":
-        x = 16 // qkv.element_size()
-        kc = torch.randn(num_blocks, kv_heads, head_dim // x, block_size, x, dtype=dtype, device=device)
-        vc = torch.randn(num_blocks, kv_heads, head_dim, block_size, dtype=dtype, device=device)
-    else:
-        kc = torch.randn(num_blocks, block_size, kv_heads, head_dim, dtype=dtype, device=device)
-        vc = torch.randn_like(kc)
+    kc, vc = make_cache(num_blocks, block_size, kv_heads, head_dim, dtype, layout, device)
     qn = torch.randn(head_dim, dtype=dtype, device=device)
     kn = torch.randn(head_dim, dtype=dtype, device=device)
     return qkv, positions, cos, sin, kc, vc, slots, qn, kn
