@@ -114,9 +114,24 @@ void qk_norm_rope_write_cache(at::Tensor& q_out, const at::Tensor& qkv, const at
 
   const c10::cuda::OptionalCUDAGuard guard(qkv.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const int threads = 32 * static_cast<int>(std::min<int64_t>(num_heads + 2 * num_kv_heads, 8));
+  p.num_tokens = tokens;
+  // Rotation pairs per lane per step: as many as divide D / 2 into whole warps (1, 2 or 4).
+  const int64_t half = head_dim / 2;
+  int vec = half % 128 == 0 ? 4 : half % 64 == 0 ? 2 : 1;
+  const auto vector_aligned = [&](int v) {
+    const int64_t bytes = v * qkv.element_size();
+    const auto aligned = [&](const at::Tensor& x) { return reinterpret_cast<uintptr_t>(x.data_ptr()) % bytes == 0; };
+    return qkv.stride(0) % v == 0 && aligned(qkv) && aligned(q_out) && aligned(key_cache) && aligned(value_cache);
+  };
+  while (vec > 1 && !vector_aligned(vec)) vec /= 2;
+  const int64_t items = tokens * (num_heads + 2 * num_kv_heads);
+  const dim3 grid(static_cast<unsigned>((items + ferrum::kQkNormRopeWarps - 1) / ferrum::kQkNormRopeWarps));
   FERRUM_DISPATCH_HALF_TYPES(qkv.scalar_type(), "qk_norm_rope_write_cache", [&] {
-    ferrum::qk_norm_rope_write_cache_kernel<scalar_t><<<tokens, threads, 0, stream>>>(p);
+    switch (vec) {
+      case 4: ferrum::qk_norm_rope_write_cache_kernel<scalar_t, 4><<<grid, ferrum::kQkNormRopeWarps * 32, 0, stream>>>(p); break;
+      case 2: ferrum::qk_norm_rope_write_cache_kernel<scalar_t, 2><<<grid, ferrum::kQkNormRopeWarps * 32, 0, stream>>>(p); break;
+      default: ferrum::qk_norm_rope_write_cache_kernel<scalar_t, 1><<<grid, ferrum::kQkNormRopeWarps * 32, 0, stream>>>(p);
+    }
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

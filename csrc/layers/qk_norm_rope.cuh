@@ -3,9 +3,8 @@
 // (x1 = x[:D/2], x2 = x[D/2:]; x1' = x1 cos - x2 sin, x2' = x2 cos + x1 sin),
 // q to a token-major [T, H, D] output, k and v straight into the paged cache.
 //
-// One CTA per token, one warp per head; lane l owns the rotation pairs
-// (i, i + D/2) for i = l, l + 32, ... so a head's norm is one warp reduction
-// and the rotation needs no shuffles. Bytes: the qkv row read once, q written,
+// One warp per (token, head); each lane owns whole rotation pairs (i, i + D/2),
+// so a head's norm is one warp reduction and the rotation needs no shuffles. Bytes: the qkv row read once, q written,
 // k and v written into the cache: (H + 2 KVH) * D * 2 elements per token.
 #pragma once
 
@@ -15,6 +14,7 @@
 namespace ferrum {
 
 constexpr int kMaxRopePairsPerLane = 4;  // D <= 256
+constexpr int kQkNormRopeWarps = 4;    // per CTA, one (token, head) each
 
 struct QkNormRopeParams {
   const void* qkv;
@@ -30,6 +30,7 @@ struct QkNormRopeParams {
   void* q_out;  // [T, H, D]
   void* key_cache;
   void* value_cache;
+  int64_t num_tokens;
   int num_heads, num_kv_heads, head_dim, block_size;
   bool vllm_layout;  // else NHD
   float eps;
@@ -54,76 +55,99 @@ __device__ __forceinline__ int64_t value_offset(const QkNormRopeParams& p, int64
   return ((block * p.num_kv_heads + h) * p.head_dim + d) * p.block_size + off;
 }
 
-template <typename T>
-__global__ void qk_norm_rope_write_cache_kernel(const QkNormRopeParams p) {
-  const int64_t t = blockIdx.x;
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, num_warps = blockDim.x / 32;
+// One warp per (token, head) of the qkv row: heads = H q heads, then KVH k heads, then
+// KVH v heads. Every warp's loads are independent of every other's, so a token's 40
+// heads are in flight at once instead of one after another (the kernel is a stream of
+// tiny rows: latency, not arithmetic, is what it must hide). Lane l owns kVec consecutive
+// rotation pairs per step, i = (m * 32 + l) * kVec + j, read and written as kVec-element
+// vectors from each half of the head.
+template <typename T, int kVec>
+__global__ void __launch_bounds__(kQkNormRopeWarps * 32)
+    qk_norm_rope_write_cache_kernel(const QkNormRopeParams p) {
+  const int heads_per_token = p.num_heads + 2 * p.num_kv_heads;
+  const int64_t item = int64_t(blockIdx.x) * kQkNormRopeWarps + threadIdx.x / 32;
+  if (item >= p.num_tokens * heads_per_token) return;
+  const int64_t t = item / heads_per_token;
+  const int head = static_cast<int>(item % heads_per_token);
+  const int lane = threadIdx.x % 32;
   const int half = p.head_dim / 2;
-  const T* row = static_cast<const T*>(p.qkv) + t * p.qkv_row_stride;
-  const int64_t pos = load_index(p.positions, t, p.index64);
-  const int64_t slot = load_index(p.slot_mapping, t, p.index64);
+  const bool is_q = head < p.num_heads, is_v = head >= p.num_heads + p.num_kv_heads;
+  const int kv_head = head - p.num_heads - (is_v ? p.num_kv_heads : 0);
+  const int64_t slot = is_q ? 0 : load_index(p.slot_mapping, t, p.index64);
+  if (slot < 0) return;  // a padding row writes nothing to the cache
+  const T* src = static_cast<const T*>(p.qkv) + t * p.qkv_row_stride + static_cast<int64_t>(head) * p.head_dim;
+  constexpr int kSteps = kMaxRopePairsPerLane / kVec;
   constexpr int kX = 16 / sizeof(T);
+  using V = Packed<T, kVec>;
 
-  for (int head = warp; head < p.num_heads + 2 * p.num_kv_heads; head += num_warps) {
-    const bool is_q = head < p.num_heads, is_v = head >= p.num_heads + p.num_kv_heads;
-    const int kv_head = head - p.num_heads - (is_v ? p.num_kv_heads : 0);
-    if (!is_q && slot < 0) continue;  // a padding row writes nothing to the cache
-    const T* src = row + static_cast<int64_t>(head) * p.head_dim;
-
-    float x1[kMaxRopePairsPerLane], x2[kMaxRopePairsPerLane];
-    float sum_sq = 0.f;
+  V x1[kSteps], x2[kSteps];
+  float sum_sq = 0.f;
 #pragma unroll
-    for (int m = 0; m < kMaxRopePairsPerLane; ++m) {
-      const int i = lane + 32 * m;
-      x1[m] = i < half ? to_float(src[i]) : 0.f;
-      x2[m] = i < half ? to_float(src[i + half]) : 0.f;
-      sum_sq += x1[m] * x1[m] + x2[m] * x2[m];
-    }
-
-    if (is_v) {
-      T* cache = static_cast<T*>(p.value_cache);
+  for (int m = 0; m < kSteps; ++m) {
+    const int i = (m * 32 + lane) * kVec;
+    if (i < half) {
+      x1[m] = load_packed<T, kVec>(src + i);
+      x2[m] = load_packed<T, kVec>(src + i + half);
 #pragma unroll
-      for (int m = 0; m < kMaxRopePairsPerLane; ++m) {
-        const int i = lane + 32 * m;
-        if (i >= half) continue;
-        cache[value_offset(p, slot, kv_head, i)] = from_float<T>(x1[m]);
-        cache[value_offset(p, slot, kv_head, i + half)] = from_float<T>(x2[m]);
-      }
-      continue;
-    }
-
-    const T* norm_w = static_cast<const T*>(is_q ? p.q_norm_weight : p.k_norm_weight);
-    if (norm_w != nullptr) {
-      // As Hugging Face: fp32 statistics, round, scale by the weight, round.
-      const float inv_rms = rsqrtf(warp_sum(sum_sq) / p.head_dim + p.eps);
-#pragma unroll
-      for (int m = 0; m < kMaxRopePairsPerLane; ++m) {
-        const int i = lane + 32 * m;
-        if (i >= half) continue;
-        x1[m] = to_float(from_float<T>(to_float(from_float<T>(x1[m] * inv_rms)) * to_float(norm_w[i])));
-        x2[m] = to_float(from_float<T>(to_float(from_float<T>(x2[m] * inv_rms)) * to_float(norm_w[i + half])));
+      for (int j = 0; j < kVec; ++j) {
+        const float a = to_float(x1[m].v[j]), b = to_float(x2[m].v[j]);
+        sum_sq += a * a + b * b;
       }
     }
+  }
 
+  if (is_v) {
+    T* cache = static_cast<T*>(p.value_cache);
 #pragma unroll
-    for (int m = 0; m < kMaxRopePairsPerLane; ++m) {
-      const int i = lane + 32 * m;
+    for (int m = 0; m < kSteps; ++m) {
+      const int i = (m * 32 + lane) * kVec;
       if (i >= half) continue;
-      // A position past the tables poisons the row (NaN) instead of reading out of bounds.
-      const bool in_table = pos >= 0 && pos < p.max_positions;
-      const float c = in_table ? p.cos[pos * half + i] : __int_as_float(0x7fc00000);
-      const float s = in_table ? p.sin[pos * half + i] : 0.f;
-      const T r1 = from_float<T>(x1[m] * c - x2[m] * s);
-      const T r2 = from_float<T>(x2[m] * c + x1[m] * s);
-      if (is_q) {
-        T* q = static_cast<T*>(p.q_out) + (t * p.num_heads + head) * p.head_dim;
-        q[i] = r1;
-        q[i + half] = r2;
-      } else {
-        T* cache = static_cast<T*>(p.key_cache);
-        cache[key_offset(p, slot, kv_head, i, kX)] = r1;
-        cache[key_offset(p, slot, kv_head, i + half, kX)] = r2;
+      if (!p.vllm_layout) {
+        store_packed<T, kVec>(cache + value_offset(p, slot, kv_head, i), x1[m]);
+        store_packed<T, kVec>(cache + value_offset(p, slot, kv_head, i + half), x2[m]);
+        continue;
       }
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) {  // vllm values are dim-major: one element per dim
+        cache[value_offset(p, slot, kv_head, i + j)] = x1[m].v[j];
+        cache[value_offset(p, slot, kv_head, i + half + j)] = x2[m].v[j];
+      }
+    }
+    return;
+  }
+
+  const T* norm_w = static_cast<const T*>(is_q ? p.q_norm_weight : p.k_norm_weight);
+  const float inv_rms = norm_w != nullptr ? rsqrtf(warp_sum(sum_sq) / p.head_dim + p.eps) : 1.f;
+  const int64_t pos = load_index(p.positions, t, p.index64);
+  // A position past the tables poisons the row (NaN) instead of reading out of bounds.
+  const bool in_table = pos >= 0 && pos < p.max_positions;
+#pragma unroll
+  for (int m = 0; m < kSteps; ++m) {
+    const int i = (m * 32 + lane) * kVec;
+    if (i >= half) continue;
+    V r1, r2;
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) {
+      float a = to_float(x1[m].v[j]), b = to_float(x2[m].v[j]);
+      if (norm_w != nullptr) {
+        // As Hugging Face: fp32 statistics, round, scale by the weight, round.
+        a = to_float(from_float<T>(to_float(from_float<T>(a * inv_rms)) * to_float(norm_w[i + j])));
+        b = to_float(from_float<T>(to_float(from_float<T>(b * inv_rms)) * to_float(norm_w[i + half + j])));
+      }
+      const float c = in_table ? p.cos[pos * half + i + j] : __int_as_float(0x7fc00000);
+      const float s = in_table ? p.sin[pos * half + i + j] : 0.f;
+      r1.v[j] = from_float<T>(a * c - b * s);
+      r2.v[j] = from_float<T>(b * c + a * s);
+    }
+    if (is_q) {
+      T* q = static_cast<T*>(p.q_out) + (t * p.num_heads + head) * p.head_dim;
+      store_packed<T, kVec>(q + i, r1);
+      store_packed<T, kVec>(q + i + half, r2);
+    } else {
+      // kVec <= 4 consecutive dims starting at a multiple of kVec stay inside one x-group.
+      T* cache = static_cast<T*>(p.key_cache);
+      store_packed<T, kVec>(cache + key_offset(p, slot, kv_head, i, kX), r1);
+      store_packed<T, kVec>(cache + key_offset(p, slot, kv_head, i + half, kX), r2);
     }
   }
 }

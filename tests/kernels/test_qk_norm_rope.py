@@ -89,3 +89,24 @@ def test_matches_reference(dtype, layout, heads, kv_heads, head_dim, with_norm):
     assert_rel_close(q, q_ref, what="q")
     assert_rel_close(kc, kc_ref, what="key_cache")
     assert torch.equal(vc, vc_ref), "value_cache: v must be copied exactly, padding slots untouched"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("layout", ["vllm", "nhd"])
+@pytest.mark.parametrize("lead,pad", [(0, 2), (1, 1), (2, 6), (4, 4)])
+def test_strided_and_misaligned_rows(layout, lead, pad):
+    """qkv as a column slice of a wider buffer: rows that break 8- and 4-byte vector alignment."""
+    heads, kv_heads, head_dim = 8, 2, 256
+    qkv, pos, cos, sin, kc, vc, slots, qn, kn = make_case(29, heads, kv_heads, head_dim, layout, torch.bfloat16,
+                                                         "cuda")
+    wide = torch.randn(qkv.shape[0], lead + qkv.shape[1] + pad, device="cuda", dtype=qkv.dtype)
+    wide[:, lead:lead + qkv.shape[1]] = qkv
+    qkv = wide[:, lead:lead + qkv.shape[1]]
+    kc_ref, vc_ref = kc.clone(), vc.clone()
+    q_ref = reference.qk_norm_rope_write_cache(qkv, pos, cos, sin, kc_ref, vc_ref, slots, layout, heads, kv_heads,
+                                               qn, kn, 1e-6)
+    q = ops.qk_norm_rope_write_cache(qkv, pos, cos, sin, kc, vc, slots, layout, heads, kv_heads, qn, kn, 1e-6,
+                                     out=poisoned_like(q_ref))
+    assert_rel_close(q, q_ref, what="q")
+    assert_rel_close(kc, kc_ref, what="key_cache")
+    assert torch.equal(vc, vc_ref), "value_cache: v must be copied exactly"
