@@ -149,7 +149,8 @@ __device__ __forceinline__ float pf_exp2(float x) {  // ex2.approx: exp2(-inf) =
 
 // ---- the prefill kernel ----------------------------------------------------
 
-template <typename T, int D>
+// VLLM: the cache layout ("vllm" when true, else "nhd"; p.vllm_layout must agree).
+template <typename T, int D, bool VLLM>
 __global__ void __launch_bounds__(PrefillCfg<D>::kThreads, PrefillCfg<D>::kMinBlocks)
     paged_prefill_kernel(const PrefillParams p) {
   using Cfg = PrefillCfg<D>;
@@ -202,13 +203,13 @@ __global__ void __launch_bounds__(PrefillCfg<D>::kThreads, PrefillCfg<D>::kMinBl
   const int* bt = p.block_tables + static_cast<int64_t>(seq) * p.bt_stride;
   const T* kc = static_cast<const T*>(p.k_cache);
   const T* vc = static_cast<const T*>(p.v_cache);
-  const bool vllm = p.vllm_layout;
+  constexpr bool vllm = VLLM;
   const int64_t head_off = vllm ? static_cast<int64_t>(kvh) * D * bs : static_cast<int64_t>(kvh) * D;
   const int64_t tok_stride = static_cast<int64_t>(p.num_kv_heads) * D;  // "nhd": elements between tokens
   // vllm: tok[0] = this thread's K token, tok[1] = its V 8-token group start.
   // nhd: tok[0], tok[1] = its two tokens (NT = 128) or one token twice (NT = 256).
   int tok[2];
-  if (vllm) {
+  if constexpr (vllm) {
     tok[0] = tid & (N - 1);
     tok[1] = ((tid >> 3) & 7) * 8;
   } else {
@@ -227,7 +228,7 @@ __global__ void __launch_bounds__(PrefillCfg<D>::kThreads, PrefillCfg<D>::kMinBl
     const int buf = s % STAGES;
     const int valid = kv_end - s * N;  // keys of this stage in range
     const uint32_t dK = sK0 + buf * Cfg::kStageElems * 2, dV = sV0 + buf * Cfg::kStageElems * 2;
-    if (vllm) {
+    if constexpr (vllm) {
       {  // K [nb, kvh, D/8, bs, 8]: unit (chunk c, token t) -> smem unit c * 64 + t
         const int t = tok[0];
         const T* base = kc + static_cast<int64_t>(b[0]) * p.k_block_stride + head_off + (t & (bs - 1)) * 8;
@@ -434,7 +435,7 @@ __global__ void __launch_bounds__(PrefillCfg<D>::kThreads, PrefillCfg<D>::kMinBl
 #pragma unroll
       for (int dp = 0; dp < D / 16; ++dp) {
         uint32_t b[4];
-        if (vllm) {
+        if constexpr (vllm) {
           const int d = dp * 16 + (mi >> 1) * 8 + li, g = (t0 >> 3) + (mi & 1);
           pf_ldsm_x4(b, vbase + (g * D + d) * 16);
         } else {

@@ -16,11 +16,14 @@ void launch_prefill(const PrefillParams& p, int num_tiles, cudaStream_t stream) 
   constexpr int kMaxDevices = 64;
   static std::atomic<bool> configured[kMaxDevices] = {};
   constexpr int smem = prefill_smem_bytes<D>();
-  auto* kernel = paged_prefill_kernel<T, D>;
+  auto* kernel = p.vllm_layout ? paged_prefill_kernel<T, D, true> : paged_prefill_kernel<T, D, false>;
   int device = 0;
   C10_CUDA_CHECK(cudaGetDevice(&device));
   if (device < 0 || device >= kMaxDevices || !configured[device].load(std::memory_order_relaxed)) {
-    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    C10_CUDA_CHECK(cudaFuncSetAttribute(paged_prefill_kernel<T, D, true>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    C10_CUDA_CHECK(cudaFuncSetAttribute(paged_prefill_kernel<T, D, false>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     if (device >= 0 && device < kMaxDevices) configured[device].store(true, std::memory_order_relaxed);
   }
   if (num_tiles <= 0 || p.num_kv_heads <= 0) return;
