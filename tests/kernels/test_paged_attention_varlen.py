@@ -296,11 +296,13 @@ def test_prefill_only_long_chunks_and_max_q_len_unknown():
 
 @pytest.mark.gpu
 def test_prefill_misaligned_out_falls_back():
-    """An `out` that is not 16-byte aligned takes the previous kernels (the prefill epilogue stores 16 bytes)."""
+    """An `out` that is 8- but not 16-byte aligned takes the previous kernels (the prefill epilogue
+    stores 16 bytes, the previous kernels 8)."""
     q_lens, ctx = [100, 1], [150, 77]
     q, kc, vc, cu, sl, bt = _varlen_problem(q_lens, ctx, 8, 2, 64, 16, torch.bfloat16, "vllm", "cuda", seed=6)
-    buf = poison_(torch.empty(q.numel() + 1, device="cuda", dtype=q.dtype))
-    out = buf[1:].view(q.shape)
+    buf = poison_(torch.empty(q.numel() + 4, device="cuda", dtype=q.dtype))
+    out = buf[4:].view(q.shape)
+    assert out.data_ptr() % 16 == 8
     ops.paged_attention_varlen(q, kc, vc, cu, sl, bt, 0.125, "vllm", True, max_q_len=100, out=out,
                                _prefill_path="new")
     assert_rel_close(out, reference.paged_attention_varlen(q, kc, vc, cu, sl, bt, 0.125, "vllm"))
