@@ -8,7 +8,8 @@ Verify: 32 query heads, head_dim 128, bf16, block 16, shuffled blocks, "vllm" la
 Chunked prefill: batch 4, chunk 2048 over a context of 4096 (the chunk is the last 2048
   positions), causal. FLOPs = 4 * B * chunk * ctx_eff * H * D, ctx_eff = mean visible keys
   = context - chunk + (chunk + 1) / 2. Baseline: SDPA on the gathered contiguous K/V with
-  the causal mask at the right offset (enable_gqa=True), timed in the same run.
+  the causal mask at the right offset (enable_gqa=True), timed in the same run. Variants: the
+  chunked-prefill kernel ("vllm" tiled / plain, "nhd") and the previous 64-row tiled kernel.
 """
 
 import math
@@ -75,9 +76,19 @@ def run(ctx):
     base = ctx.time(lambda: torch.nn.functional.scaled_dot_product_attention(qs, k, v, attn_mask=mask, scale=scale,
                                                                              enable_gqa=True))
     case = f"prefill B={b} chunk={chunk} L={length} {HEADS}q/{kvh}kv"
-    for tiled in (False, True):
+    # "prefill": the chunked-prefill kernel (the automatic choice at max_q_len >= 64, either tiled mode);
+    # "64-row (old)": the previous tiled kernel, 64 query rows per CTA (_prefill_path="old").
+    for variant, tiled, path in (("prefill", True, "auto"), ("prefill plain", False, "auto"),
+                                 ("64-row (old)", True, "old")):
         t = ctx.time(lambda: ops.paged_attention_varlen(q, kc, vc, cu, sl, bt, scale, "vllm", tiled,
-                                                        max_seq_len=length, max_q_len=chunk))
+                                                        max_seq_len=length, max_q_len=chunk, _prefill_path=path))
         rows.append(ctx.row("paged_varlen", case, dtype, t, flops=flops, baseline=base,
-                            baseline_name="sdpa causal (gathered)", variant="tiled q4" if tiled else "plain"))
+                            baseline_name="sdpa causal (gathered)", variant=variant))
+    # the same chunk in the "nhd" layout (prefill kernel)
+    kn = kc.permute(0, 3, 1, 2, 4).reshape(kc.shape[0], BS, kvh, D).contiguous()
+    vn = vc.permute(0, 3, 1, 2).reshape(vc.shape[0], BS, kvh, D).contiguous()
+    t = ctx.time(lambda: ops.paged_attention_varlen(q, kn, vn, cu, sl, bt, scale, "nhd", True,
+                                                    max_seq_len=length, max_q_len=chunk))
+    rows.append(ctx.row("paged_varlen", case, dtype, t, flops=flops, baseline=base,
+                        baseline_name="sdpa causal (gathered)", variant="prefill nhd"))
     return rows

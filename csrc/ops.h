@@ -32,7 +32,7 @@ void paged_attention_varlen(at::Tensor& out, const at::Tensor& query, const at::
                             const at::Tensor& value_cache, const at::Tensor& cu_seqlens_q,
                             const at::Tensor& seq_lens, const at::Tensor& block_tables, double scale,
                             c10::string_view layout, bool tiled_q4, int64_t max_seq_len, int64_t max_q_len,
-                            int64_t num_splits);
+                            int64_t num_splits, int64_t prefill_path);
 
 // ---- moe -------------------------------------------------------------------
 void moe_route(at::Tensor& weights, at::Tensor& ids, const at::Tensor& router_logits, int64_t top_k,

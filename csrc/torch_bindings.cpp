@@ -30,8 +30,9 @@ TORCH_LIBRARY(ferrum_ext, m) {
   // One query token per sequence against its paged KV cache; split-K when num_splits (0 = auto) > 1.
   m.def("paged_attention_decode(Tensor! out, Tensor query, Tensor key_cache, Tensor value_cache, Tensor block_tables, Tensor seq_lens, float scale, str layout, int max_seq_len, int num_splits) -> ()");
   // Packed causal queries [M, H, D] per cu_seqlens_q against the paged cache; tiled_q4: 4 queries per CTA
-  // (64 query rows per CTA when max_q_len >= 64; max_q_len < 0: unknown).
-  m.def("paged_attention_varlen(Tensor! out, Tensor query, Tensor key_cache, Tensor value_cache, Tensor cu_seqlens_q, Tensor seq_lens, Tensor block_tables, float scale, str layout, bool tiled_q4, int max_seq_len, int max_q_len, int num_splits) -> ()");
+  // (64 query rows per CTA when max_q_len >= 64; max_q_len < 0: unknown). Chunks of >= 64 tokens take the
+  // 128-row prefill kernel when max_q_len >= 64; prefill_path: 0 auto, 1 force it, 2 previous kernels only.
+  m.def("paged_attention_varlen(Tensor! out, Tensor query, Tensor key_cache, Tensor value_cache, Tensor cu_seqlens_q, Tensor seq_lens, Tensor block_tables, float scale, str layout, bool tiled_q4, int max_seq_len, int max_q_len, int num_splits, int prefill_path=0) -> ()");
 
   // ---- moe ----
   // Softmax (fp32) over experts, top-k by repeated arg-max (ties to the lower id), optional renormalisation.

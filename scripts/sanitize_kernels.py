@@ -49,6 +49,11 @@ def attention():
         cu = torch.tensor([0, 1, 4, 9, 9, 79], dtype=torch.int32, device="cuda")
         for tiled, mql, splits in ((False, None, None), (True, None, None), (True, 70, None), (True, None, 5)):
             ops.paged_attention_varlen(q, kc, vc, cu, sl, bt, 0.1, layout, tiled, max_q_len=mql, num_splits=splits)
+        # chunked-prefill kernel (forced: this grid is too small for the automatic choice), with split-K
+        # on the short rows and a context ending mid-block
+        for tiled, mql, splits in ((True, 70, None), (False, None, 5)):
+            ops.paged_attention_varlen(q, kc, vc, cu, sl, bt, 0.1, layout, tiled, max_q_len=mql, num_splits=splits,
+                                       _prefill_path="new")
 
 
 def sampling():

@@ -19,6 +19,8 @@
 
 #include "attention/paged_attention.cuh"
 #include "attention/paged_attention_launch.h"
+#include "attention/paged_prefill.cuh"
+#include "attention/paged_prefill_launch.h"
 #include "attention/tile_list.cuh"
 #include "common/checks.h"
 #include "common/device_info.h"
@@ -182,6 +184,97 @@ void run(AttnParams& p, const at::Tensor& query, int num_tiles, int64_t rows_tot
     default: TORCH_CHECK(false, "query: expected dtype float16 or bfloat16, got ", TYPE); \
   }
 
+// ---- chunked prefill: long chunks -> paged_prefill_kernel ------------------
+//
+// Sequences with q_len >= kMinChunk (64) take the prefill kernel (128 query
+// rows per CTA, paged_prefill.cuh); the others (decode rows, short chunks) take
+// paged_attention_kernel in the same op call, through a tile list that skips
+// the long sequences (plain: 1 token per tile, tiled: 4). Both lists are built
+// on the device from cu_seqlens_q, with host bounds from (M, B) only:
+//   prefill tiles <= (M + (TQ - 1) * min(B, M / 64)) / TQ,  TQ = 128 / group tokens per tile
+//   short tiles   <= min(M, (min(M, 63 B) + (qpc - 1) B) / qpc)
+// Order on the stream: short kernel, its split-K merge (which also rewrites
+// the long rows with junk when split), then the prefill kernel (the final
+// writer of the long rows).
+// Taken when max_q_len >= 64 (force: max_q_len unknown counts as M) and, unless
+// forced, when the prefill grid bound covers every SM at least once.
+template <typename T, int D>
+void launch_prefill_part(const AttnParams& p, const at::Tensor& out, const at::Tensor& cu_seqlens_q, int tq,
+                         int64_t max_seq_len, int num_tiles, cudaStream_t stream) {
+  namespace pf = ferrum::attn::prefill;
+  at::Tensor buf = at::empty({static_cast<int64_t>(num_tiles) * 4 + p.num_seqs + 1},
+                             cu_seqlens_q.options().dtype(at::kInt));
+  int4* tiles = reinterpret_cast<int4*>(buf.data_ptr<int>());
+  ferrum::attn::build_prefill_tiles_kernel<<<1, 1024, 0, stream>>>(
+      p.cu_seqlens_q, p.seq_lens, p.num_seqs, pf::kMinChunk, tq,
+      static_cast<int>(std::min<int64_t>(max_seq_len, int64_t{1} << 30)), buf.data_ptr<int>() + num_tiles * 4, tiles,
+      num_tiles);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  pf::PrefillParams q{};
+  q.q = p.q;
+  q.out = out.data_ptr();
+  q.k_cache = p.k_cache;
+  q.v_cache = p.v_cache;
+  q.block_tables = p.block_tables;
+  q.seq_lens = p.seq_lens;
+  q.tiles = tiles;
+  q.q_row_stride = p.q_row_stride;
+  q.q_head_stride = p.q_head_stride;
+  q.out_row_stride = p.out_row_stride;
+  q.out_head_stride = p.out_head_stride;
+  q.k_block_stride = p.k_block_stride;
+  q.v_block_stride = p.v_block_stride;
+  q.bt_stride = p.bt_stride;
+  q.num_kv_heads = p.num_kv_heads;
+  q.group = p.group;
+  q.block_size = p.block_size;
+  q.log2_block_size = p.log2_block_size;
+  q.max_blocks = p.max_blocks;
+  q.vllm_layout = p.vllm_layout;
+  q.scale_log2 = p.scale_log2;
+  pf::launch_prefill<T, D>(q, num_tiles, stream);
+}
+
+// Returns false (nothing launched) when the prefill kernel is not to be used.
+bool varlen_with_prefill_kernel(AttnParams& p, const at::Tensor& out, const at::Tensor& query,
+                                const at::Tensor& cu_seqlens_q, bool tiled_q4, int64_t max_seq_len, int64_t max_q_len,
+                                int64_t num_splits, bool force, cudaStream_t stream) {
+  constexpr int kMin = ferrum::attn::prefill::kMinChunk;
+  const int64_t M = query.size(0), B = p.num_seqs;
+  const int64_t mq = max_q_len < 0 ? (force ? M : -1) : max_q_len;
+  if (mq < kMin || M < kMin) return false;
+  // 16-byte output rows (the epilogue stores uint4); else the previous kernels.
+  if (!ferrum::is_aligned16(out.data_ptr()) || out.stride(0) % 8 != 0 || out.stride(1) % 8 != 0) return false;
+  const int tq = ferrum::attn::prefill::kRowsPerCta / p.group;
+  const int64_t b_long = std::min<int64_t>(B, M / kMin);
+  const int64_t pf_tiles = (M + (tq - 1) * b_long) / tq;
+  if (pf_tiles <= 0 || pf_tiles > (int64_t{1} << 30)) return false;
+  if (!force && pf_tiles * p.num_kv_heads < ferrum::sm_count(query.get_device())) return false;
+
+  // Short sequences: the previous kernel over a tile list without the long ones.
+  const int qpc = tiled_q4 ? 4 : 1;
+  const int mt = tiled_q4 ? (p.group <= 4 ? 1 : (p.group <= 8 ? 2 : 4)) : 1;
+  const int64_t short_rows = std::min<int64_t>(M, (kMin - 1) * B);
+  const int num_tiles = static_cast<int>(std::min<int64_t>(M, (short_rows + (qpc - 1) * B) / qpc));
+  at::Tensor tiles = at::empty({std::max(num_tiles, 1), 4}, query.options().dtype(at::kInt));
+  p.tiles = reinterpret_cast<const int4*>(tiles.data_ptr<int>());
+  p.mode = ferrum::attn::kTileList;
+  ferrum::attn::build_tiles_kernel<<<1, 1024, 0, stream>>>(p.cu_seqlens_q, p.num_seqs, qpc,
+                                                          const_cast<int4*>(p.tiles), num_tiles, kMin - 1);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  FERRUM_DISPATCH_ATTN_DTYPE(query.scalar_type(), [&] {
+    FERRUM_DISPATCH_HEAD_DIM(static_cast<int>(query.size(2)), [&] {
+      if (num_tiles > 0) {
+        if (mt == 1) run<scalar_t, kD, 1>(p, query, num_tiles, M, max_seq_len, num_splits, stream);
+        else if (mt == 2) run<scalar_t, kD, 2>(p, query, num_tiles, M, max_seq_len, num_splits, stream);
+        else run<scalar_t, kD, 4>(p, query, num_tiles, M, max_seq_len, num_splits, stream);
+      }
+      launch_prefill_part<scalar_t, kD>(p, out, cu_seqlens_q, tq, max_seq_len, static_cast<int>(pf_tiles), stream);
+    });
+  });
+  return true;
+}
+
 }  // namespace
 
 void paged_attention_decode(at::Tensor& out, const at::Tensor& query, const at::Tensor& key_cache,
@@ -220,7 +313,7 @@ void paged_attention_varlen(at::Tensor& out, const at::Tensor& query, const at::
                             const at::Tensor& value_cache, const at::Tensor& cu_seqlens_q,
                             const at::Tensor& seq_lens, const at::Tensor& block_tables, double scale,
                             c10::string_view layout, bool tiled_q4, int64_t max_seq_len, int64_t max_q_len,
-                            int64_t num_splits) {
+                            int64_t num_splits, int64_t prefill_path) {
   AttnParams p{};
   check_and_fill_cache(p, query, key_cache, value_cache, block_tables, layout, max_seq_len);
   check_out(out, query);
@@ -246,8 +339,15 @@ void paged_attention_varlen(at::Tensor& out, const at::Tensor& query, const at::
   p.num_seqs = static_cast<int>(B);
   p.scale_log2 = static_cast<float>(scale * M_LOG2E);
 
+  TORCH_CHECK(prefill_path >= 0 && prefill_path <= 2, "prefill_path: expected 0 (auto), 1 (prefill kernel) or 2 "
+              "(previous kernels only), got ", prefill_path);
+
   const c10::cuda::OptionalCUDAGuard guard(query.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  if (prefill_path != 2 && varlen_with_prefill_kernel(p, out, query, cu_seqlens_q, tiled_q4, max_seq_len, max_q_len,
+                                                      num_splits, prefill_path == 1, stream)) {
+    return;
+  }
   // Tiled: 4 query tokens per CTA; for long chunks (max_q_len >= 64) 64 query rows
   // per CTA (64 / group' tokens, group' = group rounded up to a power of two) so
   // K/V is reused across more queries (chunked prefill).

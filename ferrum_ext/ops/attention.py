@@ -153,17 +153,26 @@ def _check_varlen_values(query, cu_seqlens_q, seq_lens) -> None:
                              f"longer than its context {n}")
 
 
+# _prefill_path of paged_attention_varlen -> the op's prefill_path argument.
+_PREFILL_PATHS = {"auto": 0, "new": 1, "old": 2}
+
+
 def paged_attention_varlen(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
                            cu_seqlens_q: torch.Tensor, seq_lens: torch.Tensor, block_tables: torch.Tensor,
                            scale: float, layout: str = "vllm", tiled_q4: bool = False, *,
                            max_seq_len: int | None = None, max_q_len: int | None = None,
-                           num_splits: int | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+                           num_splits: int | None = None, out: torch.Tensor | None = None,
+                           _prefill_path: str = "auto") -> torch.Tensor:
     """Packed queries [M, H, D] of several sequences (offsets cu_seqlens_q [B + 1]) against the paged
     cache, causal: query i of sequence s sits at seq_lens[s] - q_len[s] + i. tiled_q4: one CTA serves
     4 consecutive query tokens x all heads of a kv group. max_seq_len as in paged_attention_decode.
-    max_q_len: host upper bound of the chunk lengths (None: unknown); with tiled_q4 and
-    max_q_len >= 64 a CTA takes 64 query rows (chunked prefill). The tile list is built on the
-    device, so a graph captured for (M, B, max_seq_len, max_q_len) replays with any split of M."""
+    max_q_len: host upper bound of the chunk lengths (None: unknown). With max_q_len >= 64, chunks
+    of >= 64 tokens run in the chunked-prefill kernel (128 query rows per CTA) and the other rows in
+    the kernel tiled_q4 picks, in the same call. The tile lists are built on the device, so a graph
+    captured for (M, B, max_seq_len, max_q_len) replays with any split of M.
+    _prefill_path (internal, until the prefill kernel is proven): "auto"; "new" forces the prefill
+    kernel for chunks >= 64 (even with max_q_len None or a small grid); "old" uses only the previous
+    kernels (tiled_q4 with max_q_len >= 64: 64 query rows per CTA)."""
     _check_query(query)
     kvh, bs = check_kv_cache(key_cache, value_cache, layout, query.dtype, query.shape[2], "query", query)
     _check_group(query, kvh, bs)
@@ -178,6 +187,8 @@ def paged_attention_varlen(query: torch.Tensor, key_cache: torch.Tensor, value_c
     if max_q_len is not None and (isinstance(max_q_len, bool) or not isinstance(max_q_len, int) or max_q_len < 0):
         raise ValueError(f"max_q_len: expected None or a non-negative int, got {max_q_len!r}")
     splits = _resolve_num_splits(num_splits)
+    if _prefill_path not in _PREFILL_PATHS:
+        raise ValueError(f"_prefill_path: expected one of {tuple(_PREFILL_PATHS)}, got {_prefill_path!r}")
     if query.device.type == "cpu" and not torch.compiler.is_compiling():
         _check_varlen_values(query, cu_seqlens_q, seq_lens)
     if out is None:
@@ -187,11 +198,12 @@ def paged_attention_varlen(query: torch.Tensor, key_cache: torch.Tensor, value_c
     if cuda_ops_available():
         torch.ops.ferrum_ext.paged_attention_varlen(out, query, key_cache, value_cache, cu_seqlens_q, seq_lens,
                                                     block_tables, float(scale), layout, bool(tiled_q4),
-                                                    max_seq_len, -1 if max_q_len is None else max_q_len, splits)
+                                                    max_seq_len, -1 if max_q_len is None else max_q_len, splits,
+                                                    _PREFILL_PATHS[_prefill_path])
         return out
     return reference.paged_attention_varlen(query, key_cache, value_cache, cu_seqlens_q, seq_lens, block_tables,
                                             float(scale), layout, tiled_q4, max_seq_len=max_seq_len,
-                                            num_splits=num_splits, out=out)
+                                            num_splits=num_splits, out=out, _prefill_path=_prefill_path)
 
 
 def register() -> None:
@@ -205,7 +217,7 @@ def register() -> None:
                                          out=out)
 
     def varlen_cpu(out, query, key_cache, value_cache, cu_seqlens_q, seq_lens, block_tables, scale, layout,
-                   tiled_q4, max_seq_len, max_q_len, num_splits):
+                   tiled_q4, max_seq_len, max_q_len, num_splits, prefill_path=0):
         reference.paged_attention_varlen(query, key_cache, value_cache, cu_seqlens_q, seq_lens, block_tables,
                                          scale, layout, tiled_q4, out=out)
 

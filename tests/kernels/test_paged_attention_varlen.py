@@ -190,3 +190,162 @@ def test_varlen_opcheck_cuda():
     for tiled in (False, True):
         torch.library.opcheck(torch.ops.ferrum_ext.paged_attention_varlen,
                               (torch.empty_like(q), q, kc, vc, cu, sl, bt, 0.125, "vllm", tiled, 48, 64, 0))
+
+
+# ---- chunked-prefill kernel (chunks >= 64 tokens, 128 query rows per CTA) -------------------------
+
+_TOL = {torch.float16: 2e-3, torch.bfloat16: 1e-2}
+
+
+def test_varlen_prefill_path_error():
+    q, kc, vc, cu, sl, bt = _varlen_problem([2, 3], [10, 20], 8, 2, 64, 16, torch.float16, "vllm", "cpu")
+    with pytest.raises(ValueError, match="_prefill_path"):
+        ops.paged_attention_varlen(q, kc, vc, cu, sl, bt, 0.125, _prefill_path="fast")
+    for path in ("auto", "new", "old"):  # CPU: the reference whatever the path
+        out = ops.paged_attention_varlen(q, kc, vc, cu, sl, bt, 0.125, _prefill_path=path)
+        assert_rel_close(out, reference.paged_attention_varlen(q, kc, vc, cu, sl, bt, 0.125))
+
+
+@pytest.mark.skipif(not ferrum_ext.cuda_ops_available(), reason="needs the built extension (op registration)")
+def test_varlen_prefill_opcheck_cpu():
+    q, kc, vc, cu, sl, bt = _varlen_problem([70, 5], [80, 20], 8, 2, 64, 16, torch.float16, "vllm", "cpu")
+    for path in (0, 1, 2):
+        torch.library.opcheck(torch.ops.ferrum_ext.paged_attention_varlen,
+                              (torch.empty_like(q), q, kc, vc, cu, sl, bt, 0.125, "vllm", True, 96, 70, 0, path))
+
+
+def _check_paths(args, layout, what, tiled=(False, True), max_q_len=None, **kw):
+    """New (forced) prefill kernel vs the reference and vs the previous kernels ("old"), both tiled modes."""
+    q, kc, vc, cu, sl, bt = args
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    ref = reference.paged_attention_varlen(q, kc, vc, cu, sl, bt, scale, layout)
+
+    def call(t, path):
+        out = poison_(torch.empty_like(q))
+        ops.paged_attention_varlen(q, kc, vc, cu, sl, bt, scale, layout, t, max_q_len=max_q_len, out=out,
+                                   _prefill_path=path, **kw)
+        return out
+
+    old = call(True, "old")
+    assert_rel_close(old, ref, what=f"old path {what}")
+    for t in tiled:
+        new = call(t, "new")
+        assert_rel_close(new, ref, what=f"prefill kernel tiled={t} {what}")
+        assert rel_error(new, old) <= 2 * _TOL[q.dtype], f"prefill kernel vs old path: tiled={t} {what}"
+    assert_rel_close(call(True, "auto"), ref, what=f"auto {what}")
+
+
+_PF_Q_LENS = [1, 64, 3, 65, 1, 127, 128, 129, 17, 513, 1, 63]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16))
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("head_dim", (64, 128, 256))
+@pytest.mark.parametrize("group", (1, 4, 8))
+def test_prefill_matches_reference(dtype, layout, head_dim, group):
+    """Chunks 64..513 (64, 65, 127, 128, 129: tile edges) mixed with decode rows and short chunks;
+    contexts end mid-block (tails poisoned with NaN), block tables shuffled."""
+    ctx = _ctx_for(_PF_Q_LENS, 7 * head_dim + group)
+    ctx = [c + (5 if c % 16 == 0 else 0) for c in ctx]
+    args = _varlen_problem(_PF_Q_LENS, ctx, 2 * group, 2, head_dim, 16, dtype, layout, "cuda", seed=group + 1)
+    _check_paths(args, layout, f"{layout} d{head_dim} g{group} {dtype}", max_q_len=max(_PF_Q_LENS))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16))
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_prefill_chunk_2048(dtype, layout):
+    """The benchmark's shape class (32q/8kv, h128): a 2048-token chunk over a longer context, picked by
+    the automatic choice (max_q_len 2048), next to decode rows and a short prompt."""
+    q_lens, ctx = [2048, 1, 100, 1, 40], [2048 + 1111, 5000, 100, 37, 41]
+    args = _varlen_problem(q_lens, ctx, 32, 8, 128, 16, dtype, layout, "cuda", seed=11)
+    _check_paths(args, layout, f"chunk 2048 {layout} {dtype}", max_q_len=2048)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("group", (2, 3, 5, 16))
+@pytest.mark.parametrize("block_size", (8, 32))
+def test_prefill_groups_and_block_sizes(group, block_size):
+    """Odd groups (128 rows not a multiple of the group: padding rows), head_dim 96, block sizes 8 / 32."""
+    q_lens, ctx = [70, 1, 200, 5, 64], [70, 2000, 333, 33, 1000]
+    args = _varlen_problem(q_lens, ctx, 2 * group, 2, 96 if group in (2, 5) else 128, block_size,
+                           torch.bfloat16, "vllm" if group % 2 else "nhd", "cuda", seed=group)
+    _check_paths(args, "vllm" if group % 2 else "nhd", f"g{group} bs{block_size}", max_q_len=200)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_prefill_with_split_k_short_rows(layout):
+    """Long-context decode / short rows split across CTAs (their merge runs over every row) while
+    a chunk goes to the prefill kernel, which must be the last writer of its rows."""
+    q_lens, ctx = [4, 1, 300, 1], [20000, 9000, 4097, 301]
+    args = _varlen_problem(q_lens, ctx, 32, 4, 128, 16, torch.float16, layout, "cuda", seed=4)
+    for splits in (None, 17):
+        _check_paths(args, layout, f"num_splits={splits}", max_q_len=300, num_splits=splits)
+
+
+@pytest.mark.gpu
+def test_prefill_only_long_chunks_and_max_q_len_unknown():
+    """Every row in the prefill kernel (no short rows); max_q_len None with the forced path."""
+    q_lens, ctx = [64, 700, 128], [64, 4000, 129]
+    args = _varlen_problem(q_lens, ctx, 16, 2, 128, 16, torch.bfloat16, "nhd", "cuda", seed=5)
+    _check_paths(args, "nhd", "long only, max_q_len None", max_q_len=None)
+    _check_paths(args, "nhd", "long only, max_q_len 700", max_q_len=700)
+
+
+@pytest.mark.gpu
+def test_prefill_misaligned_out_falls_back():
+    """An `out` that is 8- but not 16-byte aligned takes the previous kernels (the prefill epilogue
+    stores 16 bytes, the previous kernels 8)."""
+    q_lens, ctx = [100, 1], [150, 77]
+    q, kc, vc, cu, sl, bt = _varlen_problem(q_lens, ctx, 8, 2, 64, 16, torch.bfloat16, "vllm", "cuda", seed=6)
+    buf = poison_(torch.empty(q.numel() + 4, device="cuda", dtype=q.dtype))
+    out = buf[4:].view(q.shape)
+    assert out.data_ptr() % 16 == 8
+    ops.paged_attention_varlen(q, kc, vc, cu, sl, bt, 0.125, "vllm", True, max_q_len=100, out=out,
+                               _prefill_path="new")
+    assert_rel_close(out, reference.paged_attention_varlen(q, kc, vc, cu, sl, bt, 0.125, "vllm"))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("tiled", (False, True))
+@pytest.mark.parametrize("path", ("new", "auto"))
+def test_prefill_cuda_graph_replay(tiled, path):
+    """Capture for (M, B, max_seq_len, max_q_len); replay with other splits of M into long and short
+    chunks, zero-length sequences and other contexts (both tile lists are rebuilt on the device)."""
+    m, b, max_len = 600, 4, 4096
+    q, kc, vc, cu, sl, bt = _varlen_problem([150] * b, [max_len] * b, 32, 8, 128, 16, torch.bfloat16, "vllm",
+                                            "cuda", seed=9)
+    scale = 1 / math.sqrt(128)
+    out = torch.empty_like(q)
+    run = lambda: ops.paged_attention_varlen(q, kc, vc, cu, sl, bt, scale, "vllm", tiled,  # noqa: E731
+                                             max_seq_len=max_len, max_q_len=m, out=out, _prefill_path=path)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        run()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        run()
+    for q_lens, ctx in (([150] * 4, [150, 1000, 4096, 3000]), ([600, 0, 0, 0], [4000, 0, 3, 0]),
+                        ([1, 1, 1, 597], [4096, 9, 1, 597]), ([64, 63, 65, 408], [64, 4000, 65, 1000]),
+                        ([0, 0, 300, 300], [0, 0, 4096, 301])):
+        cu.copy_(torch.tensor([0] + torch.tensor(q_lens).cumsum(0).tolist(), dtype=torch.int32))
+        sl.copy_(torch.tensor(ctx, dtype=torch.int32))
+        q.copy_(torch.randn_like(q))
+        poison_(out)
+        graph.replay()
+        torch.cuda.synchronize()
+        assert sum(q_lens) == m
+        ref = reference.paged_attention_varlen(q, kc, vc, cu, sl, bt, scale, "vllm")
+        assert_rel_close(out, ref, what=f"q_lens {q_lens} ctx {ctx}")
+
+
+@pytest.mark.gpu
+def test_prefill_opcheck_cuda():
+    q, kc, vc, cu, sl, bt = _varlen_problem([70, 5], [80, 20], 8, 2, 64, 16, torch.bfloat16, "nhd", "cuda")
+    for path in (0, 1, 2):
+        torch.library.opcheck(torch.ops.ferrum_ext.paged_attention_varlen,
+                              (torch.empty_like(q), q, kc, vc, cu, sl, bt, 0.125, "nhd", True, 96, 70, 0, path))

@@ -1,0 +1,45 @@
+// Definition of launch_prefill (paged_prefill_launch.h); included by one .cu
+// file per dtype, which instantiates it with FERRUM_PREFILL_INSTANTIATE.
+#pragma once
+
+#include <atomic>
+
+#include <c10/cuda/CUDAException.h>
+
+#include "attention/paged_prefill.cuh"
+#include "attention/paged_prefill_launch.h"
+
+namespace ferrum::attn::prefill {
+
+template <typename T, int D>
+void launch_prefill(const PrefillParams& p, int num_tiles, cudaStream_t stream) {
+  constexpr int kMaxDevices = 64;
+  static std::atomic<bool> configured[kMaxDevices] = {};
+  constexpr int smem = prefill_smem_bytes<D>();
+  auto* kernel = p.vllm_layout ? paged_prefill_kernel<T, D, true> : paged_prefill_kernel<T, D, false>;
+  int device = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  if (device < 0 || device >= kMaxDevices || !configured[device].load(std::memory_order_relaxed)) {
+    C10_CUDA_CHECK(cudaFuncSetAttribute(paged_prefill_kernel<T, D, true>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    C10_CUDA_CHECK(cudaFuncSetAttribute(paged_prefill_kernel<T, D, false>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    if (device >= 0 && device < kMaxDevices) configured[device].store(true, std::memory_order_relaxed);
+  }
+  if (num_tiles <= 0 || p.num_kv_heads <= 0) return;
+  const dim3 grid(num_tiles, p.num_kv_heads);
+  kernel<<<grid, PrefillCfg<D>::kThreads, smem, stream>>>(p);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace ferrum::attn::prefill
+
+#define FERRUM_PREFILL_INSTANTIATE(T)                                                                          \
+  template void ferrum::attn::prefill::launch_prefill<T, 64>(const ferrum::attn::prefill::PrefillParams&, int, \
+                                                             cudaStream_t);                                    \
+  template void ferrum::attn::prefill::launch_prefill<T, 96>(const ferrum::attn::prefill::PrefillParams&, int, \
+                                                             cudaStream_t);                                    \
+  template void ferrum::attn::prefill::launch_prefill<T, 128>(const ferrum::attn::prefill::PrefillParams&,     \
+                                                              int, cudaStream_t);                              \
+  template void ferrum::attn::prefill::launch_prefill<T, 256>(const ferrum::attn::prefill::PrefillParams&,     \
+                                                              int, cudaStream_t);
