@@ -19,6 +19,8 @@
 
 #include "attention/paged_attention.cuh"
 #include "attention/paged_attention_launch.h"
+#include "attention/paged_decode.cuh"
+#include "attention/paged_decode_launch.h"
 #include "attention/tile_list.cuh"
 #include "common/checks.h"
 #include "common/device_info.h"
@@ -114,9 +116,10 @@ void check_out(const at::Tensor& out, const at::Tensor& query) {
   TORCH_CHECK(out.sizes() == query.sizes(), "out: expected shape ", query.sizes(), ", got ", out.sizes());
 }
 
-// Sets p.num_splits / p.tokens_per_split (see the file comment).
-void plan_splits(AttnParams& p, int64_t base_ctas, int64_t max_seq_len, int slots, int64_t forced) {
-  constexpr int64_t kTok = ferrum::attn::kStageTokens;
+// Sets p.num_splits / p.tokens_per_split (see the file comment); kTok: tokens of
+// a pipeline stage (splits are multiples of it).
+void plan_splits(AttnParams& p, int64_t base_ctas, int64_t max_seq_len, int slots, int64_t forced,
+                 int64_t kTok = ferrum::attn::kStageTokens) {
   const int64_t max_useful = std::max<int64_t>(1, (max_seq_len + kTok - 1) / kTok);
   int64_t splits;
   if (forced > 0) {
@@ -166,6 +169,26 @@ void run(AttnParams& p, const at::Tensor& query, int num_tiles, int64_t rows_tot
   if (p.num_splits > 1) ferrum::attn::launch_merge<T, D>(p, static_cast<int>(rows_total), stream);
 }
 
+// Decode v2 (paged_decode.cuh): same split plan with its stage size and occupancy.
+template <typename T, int D, bool VLLM>
+void run_v2(AttnParams& p, const at::Tensor& query, int num_rows, int64_t max_seq_len, int64_t forced_splits,
+            cudaStream_t stream) {
+  const int device = query.get_device();
+  const int per_sm = ferrum::attn::decode_v2_ctas_per_sm<T, D, VLLM>(device);
+  plan_splits(p, static_cast<int64_t>(num_rows) * p.num_kv_heads, max_seq_len, ferrum::sm_count(device) * per_sm,
+              forced_splits, ferrum::attn::decode::Cfg<D>::ST);
+  at::Tensor part_out, part_lse;
+  if (p.num_splits > 1) {
+    const auto f32 = query.options().dtype(at::kFloat);
+    part_out = at::empty({num_rows, p.num_heads, p.num_splits, D}, f32);
+    part_lse = at::empty({num_rows, p.num_heads, p.num_splits}, f32);
+    p.part_out = part_out.data_ptr<float>();
+    p.part_lse = part_lse.data_ptr<float>();
+  }
+  ferrum::attn::launch_decode_v2<T, D, VLLM>(p, num_rows, stream);
+  if (p.num_splits > 1) ferrum::attn::launch_merge<T, D>(p, num_rows, stream);
+}
+
 #define FERRUM_DISPATCH_HEAD_DIM(D_VALUE, ...)                                         \
   switch (D_VALUE) {                                                                   \
     case 64: { constexpr int kD = 64; __VA_ARGS__(); break; }                          \
@@ -187,7 +210,10 @@ void run(AttnParams& p, const at::Tensor& query, int num_tiles, int64_t rows_tot
 void paged_attention_decode(at::Tensor& out, const at::Tensor& query, const at::Tensor& key_cache,
                             const at::Tensor& value_cache, const at::Tensor& block_tables,
                             const at::Tensor& seq_lens, double scale, c10::string_view layout, int64_t max_seq_len,
-                            int64_t num_splits) {
+                            int64_t num_splits, c10::string_view kernel) {
+  TORCH_CHECK(kernel == "auto" || kernel == "v1" || kernel == "v2", "kernel: expected \"auto\", \"v1\" or \"v2\", got \"",
+              kernel, "\"");
+  const bool v2 = kernel != "v1";  // auto = v2
   AttnParams p{};
   check_and_fill_cache(p, query, key_cache, value_cache, block_tables, layout, max_seq_len);
   check_out(out, query);
@@ -211,7 +237,9 @@ void paged_attention_decode(at::Tensor& out, const at::Tensor& query, const at::
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   FERRUM_DISPATCH_ATTN_DTYPE(query.scalar_type(), [&] {
     FERRUM_DISPATCH_HEAD_DIM(static_cast<int>(query.size(2)), [&] {
-      run<scalar_t, kD, 1>(p, query, static_cast<int>(B), B, max_seq_len, num_splits, stream);
+      if (!v2) run<scalar_t, kD, 1>(p, query, static_cast<int>(B), B, max_seq_len, num_splits, stream);
+      else if (p.vllm_layout) run_v2<scalar_t, kD, true>(p, query, static_cast<int>(B), max_seq_len, num_splits, stream);
+      else run_v2<scalar_t, kD, false>(p, query, static_cast<int>(B), max_seq_len, num_splits, stream);
     });
   });
 }

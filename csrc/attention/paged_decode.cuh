@@ -1,0 +1,431 @@
+// Paged attention decode, second kernel ("v2"): one query token per sequence
+// (or one packed varlen row), built for bytes in flight and few instructions
+// per byte. The first kernel (paged_attention.cuh, "v1") stays selectable.
+//
+// One CTA (4 warps) owns (sequence, kv head, split); its 16 query rows are the
+// `group` heads of the kv head (rows >= group are zero). K/V stream through a
+// kStages-deep cp.async pipeline of ST-token stages:
+//   D <= 128: ST = 32, warps = 2 along tokens x 2 along head_dim
+//   D == 256: ST = 16, warps = 1 along tokens x 4 along head_dim
+// Every warp computes S = Q K^T for its 16 tokens over the whole head_dim (the
+// warps sharing tokens compute the same S: a few redundant mma, no exchange),
+// then O += P V only for its share of head_dim, so O is D / (4 / WT) / 8 x 4
+// fp32 registers (32 at D = 128, half of v1). At the end the WT token groups
+// merge (m, l, O) through shared memory.
+//
+// Shared memory per CTA (bf16/fp16): stages x 2 x ST x D x 2 B + Q 16 x D x 2 B
+//   D 64: 6 x 8 KiB + 2 KiB; D 96: 4 x 12 KiB + 3 KiB; D 128: 3 x 16 KiB + 4 KiB;
+//   D 256: 3 x 16 KiB + 8 KiB. So 4 CTAs (16 warps) per SM at D <= 128 (3 at
+//   256, <= 128 registers per thread), each with kStages - 1 stages in flight:
+//   ~128 KiB outstanding per SM at D = 128, against the ~30-40 KiB that 3 TB/s
+//   x ~1 us of DRAM latency needs per SM.
+//
+// Loads: each thread owns fixed 16-byte units of every stage, chosen so that
+// all its units of one operand lie in ONE cache block: per stage a thread reads
+// one (vllm: two) block-table entries itself (one stage ahead, no shuffles),
+// forms one 64-bit base pointer per operand, and issues its cp.async at
+// constant strides from it:
+//   "vllm" K [nb, kvh, D/8, bs, 8]: token t = tid % ST, chunks tid / ST + i * 128 / ST
+//   "vllm" V [nb, kvh, D, bs]:      8-token group g = (tid / 8) % (ST / 8), dims
+//                                   (tid / 8) / (ST / 8) * 8 + tid % 8 + i * 8 * 128 / ST
+//   "nhd" K, V [nb, bs, kvh, D]:   chunk c = tid % (D / 8), tokens (tid / (D / 8)) * TPT + j
+//     (a warp instruction covers whole 128-512 B rows of a token).
+// Napkin math (H100, h128, bf16, 32 tokens = 16 KiB per stage): per warp per
+// stage ~50 instructions of loads, 8 ldmatrix + 16 mma for S, 4 + 8 for P V,
+// ~60 of softmax; at ~13 B/clk per SM a stage lasts ~1250 clk, and the 4
+// warps x ~200 instructions fill ~16% of the SM's issue slots.
+//
+// Shared-memory tiles (16-byte units):
+//   K, V "nhd": [D/8][ST], unit (token t, chunk c) at c * ST + (t ^ (c & 7))
+//               (the xor keeps both the cp.async rows of a quarter-warp and the
+//               8 ldmatrix rows conflict-free)
+//   V "vllm":   [ST/8][D], unit (8-token group g, dim d) at g * D + d
+//   Q:          [D/8][16], unit (row r, chunk c) at c * 16 + r
+#pragma once
+
+#include "attention/paged_attention.cuh"
+
+namespace ferrum::attn::decode {
+
+constexpr int kThreads = 128;
+constexpr int kWarps = 4;
+constexpr int kRows = 16;  // query rows of the CTA (one m16 tile; group <= 16)
+
+template <int D>
+struct Cfg {
+  static constexpr int WT = D >= 256 ? 1 : 2;  // warps along tokens
+  static constexpr int WD = kWarps / WT;       // warps along head_dim (P V)
+  static constexpr int ST = 16 * WT;           // tokens per stage
+  static constexpr int CH = D / 8;             // 16-byte chunks per token row
+  static constexpr int KS = D / 16;            // k-steps of S
+  static constexpr int DW = D / WD;            // head_dim columns of O per warp
+  static constexpr int DNW = DW / 8;           // O n-tiles per warp
+  static constexpr int kStages = D <= 64 ? 6 : (D <= 96 ? 4 : 3);
+  static constexpr int kStageBytes = ST * D * 2;  // K (or V) bytes of one stage
+  // "vllm" K: units per thread; "vllm" V: 8-token groups per stage, units per thread
+  static constexpr int KU = CH * ST / kThreads;
+  static constexpr int G = ST / 8;
+  static constexpr int VU = D * G / kThreads;
+  // "nhd": rows loaded per pass (power of two <= threads / CH), tokens per thread
+  static constexpr int RS = (kThreads / CH) >= 16 ? 16 : ((kThreads / CH) >= 8 ? 8 : 4);
+  static constexpr int TPT = ST / RS;
+  static constexpr int kLoaders = RS * CH;  // threads that load in "nhd" (96 at D = 96)
+  static constexpr int kMinBlocks = D >= 256 ? 3 : 4;
+  static constexpr bool kQInRegs = D <= 128;
+  static_assert(DNW % 2 == 0, "P V walks pairs of n-tiles");
+  static_assert(KU * kThreads == CH * ST && VU * kThreads == D * G, "stage must split evenly over threads");
+  static_assert(TPT * RS == ST && TPT <= 8, "nhd rows of a thread must stay in one block (bs >= 8)");
+  static_assert(WT * DW * 16 * 4 <= kStages * 2 * kStageBytes, "combine area must fit in the stage buffers");
+};
+
+template <int D>
+constexpr int smem_bytes() {
+  using C = Cfg<D>;
+  return C::kStages * 2 * C::kStageBytes + kRows * D * 2 + kWarps * kRows * 2 * 4;
+}
+
+__device__ __forceinline__ void cp_async_16_l2_256(uint32_t dst, const void* src, bool valid) {
+  const int n = valid ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n));
+}
+
+// T: __half / __nv_bfloat16; D: head_dim; VLLM: cache layout. Grid (rows, splits, kv_heads).
+// p.mode: kTileDecode (row = sequence, query at seq_len - 1) or kTileRow (packed varlen row).
+template <typename T, int D, bool VLLM>
+__global__ void __launch_bounds__(kThreads, Cfg<D>::kMinBlocks) paged_decode_kernel(const AttnParams p) {
+  using C = Cfg<D>;
+  constexpr int ST = C::ST, CH = C::CH, KS = C::KS, DNW = C::DNW;
+
+  extern __shared__ __align__(128) uint8_t smem_raw[];
+  const uint32_t sK0 = smem_addr(smem_raw);
+  const uint32_t sV0 = sK0 + C::kStages * C::kStageBytes;
+  T* sQ = reinterpret_cast<T*>(smem_raw + 2 * C::kStages * C::kStageBytes);
+  const uint32_t sQ0 = smem_addr(sQ);
+  float* sML = reinterpret_cast<float*>(sQ + kRows * D);  // [WT][16][2]: m, l
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int row = blockIdx.x, split = blockIdx.y, kvh = blockIdx.z;
+
+  // ---- which sequence, which keys ----
+  int seq, qpos;
+  if (p.mode == kTileDecode) {
+    seq = row;
+    qpos = __ldg(p.seq_lens + seq) - 1;
+  } else {
+    seq = find_seq(p.cu_seqlens_q, p.num_seqs, row);
+    const int c0 = __ldg(p.cu_seqlens_q + seq), c1 = __ldg(p.cu_seqlens_q + seq + 1);
+    qpos = __ldg(p.seq_lens + seq) - (c1 - c0) + (row - c0);
+  }
+  const int kv_end = visible_end(p, __ldg(p.seq_lens + seq), qpos);
+  const int kv_begin = split * p.tokens_per_split;
+  if (p.num_splits > 1 && kv_begin >= kv_end) return;  // the merge reads only the splits that hold keys
+  const int range_end = min(kv_end, kv_begin + p.tokens_per_split);
+  const int n_tok = max(range_end - kv_begin, 0);
+  const int n_stages = (n_tok + ST - 1) / ST;
+  const int group = p.group;
+
+  // ---- Q tile into shared memory (rows >= group are zero) ----
+  for (int u = tid; u < kRows * CH; u += kThreads) {
+    const int c = u % CH, r = u / CH;
+    uint4 val = make_uint4(0, 0, 0, 0);
+    if (r < group) {
+      const T* src = static_cast<const T*>(p.q) + static_cast<int64_t>(row) * p.q_row_stride +
+                     static_cast<int64_t>(kvh * group + r) * p.q_head_stride + c * 8;
+      val = *reinterpret_cast<const uint4*>(src);
+    }
+    *reinterpret_cast<uint4*>(sQ + (c * kRows + r) * 8) = val;
+  }
+
+  // ---- per-thread load geometry (constant over stages) ----
+  const int bs = p.block_size, lbs = p.log2_block_size;
+  const int* bt = p.block_tables + static_cast<int64_t>(seq) * p.bt_stride;
+  const char* kc = static_cast<const char*>(p.k_cache);
+  const char* vc = static_cast<const char*>(p.v_cache);
+  const int64_t kbs = p.k_block_stride * 2, vbs = p.v_block_stride * 2;  // bytes per cache block
+  // tokK / tokV: the stage token whose block holds all of this thread's K / V units
+  int tokK, tokV;
+  int64_t koff, voff;     // byte offset of unit 0 inside a cache block (head included)
+  int64_t kstep, vstep;   // bytes between consecutive units (vllm) or tokens (nhd)
+  int64_t ktok, vtok;     // bytes between consecutive tokens inside a block
+  uint32_t sk_off, sv_off;  // smem byte offset of unit 0 inside a stage buffer
+  bool loader = true;
+  if constexpr (VLLM) {
+    const int64_t head = static_cast<int64_t>(kvh) * D * bs * 2;
+    tokK = tid % ST;
+    const int c0 = tid / ST;
+    koff = head + static_cast<int64_t>(c0 * bs + (tokK & (bs - 1))) * 16;
+    kstep = static_cast<int64_t>(kThreads / ST) * bs * 16;
+    const int g = (tid >> 3) % C::G, d0 = ((tid >> 3) / C::G) * 8 + (tid & 7);
+    tokV = g * 8;
+    voff = head + (static_cast<int64_t>(d0) * bs + (tokV & (bs - 1))) * 2;
+    vstep = static_cast<int64_t>(8 * kThreads / ST) * bs * 2;
+    ktok = 16;
+    vtok = 2;
+    sk_off = 0;  // K smem units depend on i (xor swizzle): computed in issue()
+    sv_off = (g * D + d0) * 16;
+  } else {
+    const int c = tid % CH, r = tid / CH;
+    loader = tid < C::kLoaders;
+    tokK = tokV = loader ? r * C::TPT : 0;
+    const int64_t tok_stride = static_cast<int64_t>(p.num_kv_heads) * D * 2;
+    koff = voff = static_cast<int64_t>(tokK & (bs - 1)) * tok_stride + static_cast<int64_t>(kvh) * D * 2 + c * 16;
+    kstep = vstep = tok_stride;
+    ktok = vtok = tok_stride;
+    sk_off = sv_off = 0;  // computed in issue()
+  }
+
+  // Block ids of stage s for this thread's K and V units (0 past the range: never dereferenced).
+  auto load_bid = [&](int s, int tok) -> int {
+    const int t = kv_begin + s * ST + tok;
+    return (s < n_stages && t < range_end) ? __ldg(bt + (t >> lbs)) : 0;
+  };
+
+  auto issue = [&](int s, int bidK, int bidV) {
+    const int buf = s % C::kStages;
+    const int valid = range_end - (kv_begin + s * ST);  // tokens of this stage in range
+    const uint32_t dK = sK0 + buf * C::kStageBytes, dV = sV0 + buf * C::kStageBytes;
+    const char* gk = kc + static_cast<int64_t>(bidK) * kbs + koff;
+    const char* gv = vc + static_cast<int64_t>(bidV) * vbs + voff;
+    if constexpr (ST < 32) {
+      // A stage may start inside a block (ST = 16 < block_size 32): add its offset there.
+      const int sb = (kv_begin + s * ST) & (bs - 1);
+      gk += sb * ktok;
+      gv += sb * vtok;
+    }
+    if constexpr (VLLM) {
+      const int c0 = tid / ST;
+#pragma unroll
+      for (int i = 0; i < C::KU; ++i) {
+        const int c = c0 + i * (kThreads / ST);
+        cp_async_16(dK + (c * ST + (tokK ^ (c & 7))) * 16, gk + i * kstep, tokK < valid);
+      }
+#pragma unroll
+      for (int i = 0; i < C::VU; ++i)
+        cp_async_16(dV + sv_off + i * (8 * kThreads / ST) * 16, gv + i * vstep, tokV < valid);
+    } else {
+      if (loader) {
+        const int c = tid % CH;
+#pragma unroll
+        for (int j = 0; j < C::TPT; ++j) {
+          const int t = tokK + j;
+          const uint32_t so = (c * ST + (t ^ (c & 7))) * 16;
+          if constexpr (D >= 128) {
+            cp_async_16_l2_256(dK + so, gk + j * kstep, t < valid);
+            cp_async_16_l2_256(dV + so, gv + j * vstep, t < valid);
+          } else {
+            cp_async_16(dK + so, gk + j * kstep, t < valid);
+            cp_async_16(dV + so, gv + j * vstep, t < valid);
+          }
+        }
+      }
+    }
+  };
+
+  // ---- per-warp state ----
+  const int tw = warp % C::WT, dh = warp / C::WT;
+  const int r0 = lane >> 2;  // accumulator rows r0 and r0 + 8
+  const int mi = lane >> 3, li = lane & 7;
+  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
+  float o[DNW][4];
+#pragma unroll
+  for (int i = 0; i < DNW; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+
+  // ---- pipeline prologue ----
+  int bidK = load_bid(0, tokK), bidV = VLLM ? load_bid(0, tokV) : bidK;
+#pragma unroll
+  for (int s = 0; s < C::kStages - 1; ++s) {
+    if (s < n_stages) issue(s, bidK, bidV);
+    cp_async_commit();
+    bidK = load_bid(s + 1, tokK);
+    bidV = VLLM ? load_bid(s + 1, tokV) : bidK;
+  }
+
+  auto q_addr = [&](int kk) { return sQ0 + ((2 * kk + (mi >> 1)) * kRows + (mi & 1) * 8 + li) * 16; };
+  uint32_t qa[C::kQInRegs ? KS : 1][4];
+  if constexpr (C::kQInRegs) {
+    __syncthreads();  // the Q tile is in shared memory
+#pragma unroll
+    for (int kk = 0; kk < KS; ++kk) ldsm_x4(qa[kk], q_addr(kk));
+  }
+
+  // ldmatrix row of this lane: K (and V "nhd") token and the xor of its swizzle.
+  const int tS = tw * 16 + (mi >> 1) * 8 + li;     // S: token of matrices (mi >> 1)
+  const int tP = tw * 16 + (mi & 1) * 8 + li;      // P V ("nhd", .trans): token of matrices (mi & 1)
+  const int cv0 = dh * (C::DW / 8);                 // first O chunk of this warp
+
+  for (int s = 0; s < n_stages; ++s) {
+    cp_async_wait<C::kStages - 2>();
+    const int buf = s % C::kStages;
+    const int tok0 = kv_begin + s * ST;
+    const int valid = range_end - tok0;
+    if constexpr (VLLM) {
+      // A "vllm" V unit holds 8 tokens; the one straddling the end of the range
+      // holds cache slots past it (maybe NaN, and 0 * NaN poisons P V). The thread
+      // that loaded it zeroes its tail (its own cp.async group is complete).
+      if (valid < ST && (valid & 7) && tokV == (valid & ~7)) {
+        const int keep = valid & 7;
+#pragma unroll
+        for (int i = 0; i < C::VU; ++i) {
+          T* u = reinterpret_cast<T*>(smem_raw + C::kStages * C::kStageBytes + buf * C::kStageBytes + sv_off +
+                                      i * (8 * kThreads / ST) * 16);
+#pragma unroll
+          for (int e = 0; e < 8; ++e)
+            if (e >= keep) u[e] = from_float<T>(0.f);
+        }
+      }
+    }
+    __syncthreads();  // stage s visible to all; everyone is done with stage s - 1's buffer
+    {
+      const int next = s + C::kStages - 1;
+      if (next < n_stages) issue(next, bidK, bidV);
+      cp_async_commit();
+      bidK = load_bid(next + 1, tokK);
+      bidV = VLLM ? load_bid(next + 1, tokV) : bidK;
+    }
+
+    // S = Q K^T for this warp's 16 tokens.
+    float sc[2][4];
+#pragma unroll
+    for (int n = 0; n < 2; ++n) sc[n][0] = sc[n][1] = sc[n][2] = sc[n][3] = 0.f;
+    const uint32_t kbase = sK0 + buf * C::kStageBytes;
+#pragma unroll
+    for (int kk = 0; kk < KS; ++kk) {
+      uint32_t a[4];
+      if constexpr (C::kQInRegs) {
+#pragma unroll
+        for (int r = 0; r < 4; ++r) a[r] = qa[kk][r];
+      } else {
+        ldsm_x4(a, q_addr(kk));
+      }
+      const int c = 2 * kk + (mi & 1);
+      uint32_t b[4];
+      ldsm_x4(b, kbase + (c * ST + (tS ^ (c & 7))) * 16);
+      mma_16816<T>(sc[0], a, b[0], b[1]);
+      mma_16816<T>(sc[1], a, b[2], b[3]);
+    }
+
+    // Online softmax (log2 domain), rows r0 (h = 0) and r0 + 8 (h = 1).
+    const bool partial = valid < ST;
+    float alpha[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      float mx = -INFINITY;
+#pragma unroll
+      for (int n = 0; n < 2; ++n) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          float& x = sc[n][h * 2 + e];
+          x *= p.scale_log2;
+          if (partial && tw * 16 + n * 8 + (lane & 3) * 2 + e >= valid) x = -INFINITY;
+          mx = fmaxf(mx, x);
+        }
+      }
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float m_new = fmaxf(m_run[h], mx);
+      const float base = m_new == -INFINITY ? 0.f : m_new;
+      alpha[h] = fast_exp2(m_run[h] - base);
+      float sum = 0.f;
+#pragma unroll
+      for (int n = 0; n < 2; ++n) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          float& x = sc[n][h * 2 + e];
+          x = fast_exp2(x - base);
+          sum += x;
+        }
+      }
+      l_run[h] = l_run[h] * alpha[h] + sum;
+      m_run[h] = m_new;
+    }
+    // Rescale O only when some row's max moved (rare after the first stages).
+    if (__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) {
+#pragma unroll
+      for (int i = 0; i < DNW; ++i) {
+        o[i][0] *= alpha[0]; o[i][1] *= alpha[0];
+        o[i][2] *= alpha[1]; o[i][3] *= alpha[1];
+      }
+    }
+
+    // O += P V for this warp's head_dim columns.
+    uint32_t pa[4];
+    pa[0] = pack2<T>(sc[0][0], sc[0][1]);
+    pa[1] = pack2<T>(sc[0][2], sc[0][3]);
+    pa[2] = pack2<T>(sc[1][0], sc[1][1]);
+    pa[3] = pack2<T>(sc[1][2], sc[1][3]);
+    const uint32_t vbase = sV0 + buf * C::kStageBytes;
+#pragma unroll
+    for (int dp = 0; dp < DNW / 2; ++dp) {
+      uint32_t b[4];
+      if constexpr (VLLM) {
+        const int d = cv0 * 8 + dp * 16 + (mi >> 1) * 8 + li, g = tw * 2 + (mi & 1);
+        ldsm_x4(b, vbase + (g * D + d) * 16);
+      } else {
+        const int c = cv0 + 2 * dp + (mi >> 1);
+        ldsm_x4_trans(b, vbase + (c * ST + (tP ^ (c & 7))) * 16);
+      }
+      mma_16816<T>(o[2 * dp], pa, b[0], b[1]);
+      mma_16816<T>(o[2 * dp + 1], pa, b[2], b[3]);
+    }
+  }
+  cp_async_wait<0>();
+  __syncthreads();  // the stage buffers become the combine area
+
+  // ---- combine the WT token groups, normalise, write ----
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    l_run[h] += __shfl_xor_sync(0xffffffffu, l_run[h], 1);
+    l_run[h] += __shfl_xor_sync(0xffffffffu, l_run[h], 2);
+  }
+  float* sO = reinterpret_cast<float*>(smem_raw);  // [WT][16][D]
+  {
+    float* mine = sO + tw * kRows * D + cv0 * 8;
+#pragma unroll
+    for (int i = 0; i < DNW; ++i) {
+      const int col = i * 8 + (lane & 3) * 2;
+      *reinterpret_cast<float2*>(mine + r0 * D + col) = make_float2(o[i][0], o[i][1]);
+      *reinterpret_cast<float2*>(mine + (r0 + 8) * D + col) = make_float2(o[i][2], o[i][3]);
+    }
+    if (dh == 0 && (lane & 3) == 0) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        sML[(tw * kRows + r0 + h * 8) * 2] = m_run[h];
+        sML[(tw * kRows + r0 + h * 8) * 2 + 1] = l_run[h];
+      }
+    }
+  }
+  __syncthreads();
+
+  for (int it = tid; it < group * (D / 4); it += kThreads) {
+    const int r = it / (D / 4), d = (it % (D / 4)) * 4;
+    float M = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < C::WT; ++w) M = fmaxf(M, sML[(w * kRows + r) * 2]);
+    const float base = M == -INFINITY ? 0.f : M;
+    float L = 0.f;
+    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+    for (int w = 0; w < C::WT; ++w) {
+      const float sc = fast_exp2(sML[(w * kRows + r) * 2] - base);
+      L += sML[(w * kRows + r) * 2 + 1] * sc;
+      const float4 x = *reinterpret_cast<const float4*>(sO + (w * kRows + r) * D + d);
+      acc.x += x.x * sc; acc.y += x.y * sc; acc.z += x.z * sc; acc.w += x.w * sc;
+    }
+    const float inv = L > 0.f ? 1.f / L : 0.f;
+    acc.x *= inv; acc.y *= inv; acc.z *= inv; acc.w *= inv;
+    const int head = kvh * group + r;
+    if (p.num_splits == 1) {
+      T* dst = static_cast<T*>(p.out) + static_cast<int64_t>(row) * p.out_row_stride + head * p.out_head_stride + d;
+      Packed<T, 4> v;
+      v.v[0] = from_float<T>(acc.x); v.v[1] = from_float<T>(acc.y);
+      v.v[2] = from_float<T>(acc.z); v.v[3] = from_float<T>(acc.w);
+      store_packed<T, 4>(dst, v);
+    } else {
+      const int64_t prow = (static_cast<int64_t>(row) * p.num_heads + head) * p.num_splits + split;
+      *reinterpret_cast<float4*>(p.part_out + prow * D + d) = acc;
+      if (d == 0) p.part_lse[prow] = L > 0.f ? base + __log2f(L) : -INFINITY;
+    }
+  }
+}
+
+}  // namespace ferrum::attn::decode
