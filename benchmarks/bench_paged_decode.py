@@ -78,7 +78,7 @@ def run(ctx):
                     if err > 2e-2:
                         raise AssertionError(f"{case} {layout} {kernel} {dtype}: output differs from SDPA "
                                              f"(rel {err:.2e})")
-                    t = ctx.time(lambda: ops.paged_attention_decode(q, kc, vc, bt, sl, scale, layout,  # noqa: B023
+                    t = ctx.time(lambda: ops.paged_attention_decode(q, kc, vc, bt, sl, scale, layout,
                                                                     max_seq_len=length, out=out, kernel=kernel))
                     variant = layout if kernel == "auto" else f"{layout} {kernel}"
                     rows.append(ctx.row("paged_attention_decode", case, dtype, t, bytes_moved=nbytes,

@@ -84,6 +84,19 @@ constexpr int smem_bytes() {
   return C::kStages * 2 * C::kStageBytes + kRows * D * 2 + kWarps * kRows * 2 * 4;
 }
 
+// Programmatic dependent launch (sm_90): the merge is launched while the attention
+// grid still runs and waits here for its results; launch_dependents lets it start early.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::);
+#endif
+}
+
 __device__ __forceinline__ void cp_async_16_l2_256(uint32_t dst, const void* src, bool valid) {
   const int n = valid ? 16 : 0;
   asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n));
@@ -105,6 +118,7 @@ __global__ void __launch_bounds__(kThreads, Cfg<D>::kMinBlocks) paged_decode_ker
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int row = blockIdx.x, split = blockIdx.y, kvh = blockIdx.z;
+  pdl_launch_dependents();  // the merge (if any) may be scheduled; it waits for this grid to finish
 
   // ---- which sequence, which keys ----
   int seq, qpos;
@@ -425,6 +439,106 @@ __global__ void __launch_bounds__(kThreads, Cfg<D>::kMinBlocks) paged_decode_ker
       *reinterpret_cast<float4*>(p.part_out + prow * D + d) = acc;
       if (d == 0) p.part_lse[prow] = L > 0.f ? base + __log2f(L) : -INFINITY;
     }
+  }
+}
+
+// ---- split-K merge (launched with programmatic dependent launch) ----------
+
+// One CTA per (query row, head, head_dim slice of D / gridDim.z columns): out = sum_j w_j O_j /
+// sum_j w_j, w_j = exp2(lse_j - max lse), over the splits that hold keys of the row (same
+// partial layout as merge_splits_kernel). Few rows (batch 1) use 32-column slices, so 4x more
+// CTAs share the partial reads. A thread's first kBatch partial loads are issued before the
+// lse reduction: the merge is ~2 memory round trips for up to kBatch x (threads / (slice / 4))
+// splits.
+template <typename T, int D>
+__global__ void __launch_bounds__(kThreads) merge_kernel(const AttnParams p) {
+  constexpr int kBatch = 8;
+  __shared__ float s_w[kMaxSplits];
+  __shared__ float s_red[2][kWarps];
+  __shared__ float4 s_acc[kThreads];
+  const int row = blockIdx.x, head = blockIdx.y, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int slice = D / gridDim.z, col0 = blockIdx.z * slice;
+  const int Q = slice / 4;              // float4 per partial row slice
+  const int groups = kThreads / Q;      // splits walked in parallel (5 at D = 96 unsliced)
+  pdl_wait();  // the attention grid has finished and its partials are visible
+
+  int seq, qpos;
+  if (p.mode == kTileDecode) {
+    seq = row;
+    qpos = __ldg(p.seq_lens + seq) - 1;
+  } else {
+    seq = find_seq(p.cu_seqlens_q, p.num_seqs, row);
+    const int c0 = __ldg(p.cu_seqlens_q + seq), c1 = __ldg(p.cu_seqlens_q + seq + 1);
+    qpos = __ldg(p.seq_lens + seq) - (c1 - c0) + (row - c0);
+  }
+  const int end = visible_end(p, __ldg(p.seq_lens + seq), qpos);
+  const int n = min((end + p.tokens_per_split - 1) / p.tokens_per_split, p.num_splits);
+  const int64_t prow = (static_cast<int64_t>(row) * p.num_heads + head) * p.num_splits;
+  static_assert(kMaxSplits == 2 * kThreads, "two lse per thread");
+
+  const float l0 = tid < n ? p.part_lse[prow + tid] : -INFINITY;
+  const float l1 = tid + kThreads < n ? p.part_lse[prow + tid + kThreads] : -INFINITY;
+  const int q = tid % Q, grp = tid / Q;
+  const bool active = grp < groups;
+  const float* src = p.part_out + prow * D + col0 + q * 4;
+  float4 x[kBatch];
+#pragma unroll
+  for (int b = 0; b < kBatch; ++b) {
+    const int j = grp + b * groups;
+    x[b] = active && j < n ? *reinterpret_cast<const float4*>(src + static_cast<int64_t>(j) * D)
+                           : make_float4(0.f, 0.f, 0.f, 0.f);
+  }
+
+  float mx = fmaxf(l0, l1);
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+  if (lane == 0) s_red[0][warp] = mx;
+  __syncthreads();
+  mx = s_red[0][0];
+#pragma unroll
+  for (int w = 1; w < kWarps; ++w) mx = fmaxf(mx, s_red[0][w]);
+  const float base = mx == -INFINITY ? 0.f : mx;
+  const float w0 = fast_exp2(l0 - base), w1 = fast_exp2(l1 - base);  // 0 past n (lse = -inf)
+  s_w[tid] = w0;
+  s_w[tid + kThreads] = w1;
+  float ws = w0 + w1;
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) ws += __shfl_xor_sync(0xffffffffu, ws, off);
+  if (lane == 0) s_red[1][warp] = ws;
+  __syncthreads();
+  float wsum = 0.f;
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) wsum += s_red[1][w];
+
+  float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+  for (int j0 = 0;; j0 += kBatch * groups) {
+#pragma unroll
+    for (int b = 0; b < kBatch; ++b) {
+      const int j = j0 + grp + b * groups;
+      const float w = active && j < n ? s_w[j] : 0.f;
+      acc.x += w * x[b].x; acc.y += w * x[b].y; acc.z += w * x[b].z; acc.w += w * x[b].w;
+    }
+    if (j0 + kBatch * groups >= n) break;
+#pragma unroll
+    for (int b = 0; b < kBatch; ++b) {
+      const int j = j0 + kBatch * groups + grp + b * groups;
+      x[b] = active && j < n ? *reinterpret_cast<const float4*>(src + static_cast<int64_t>(j) * D)
+                             : make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+  }
+  s_acc[tid] = acc;
+  __syncthreads();
+  if (tid < Q) {
+    for (int g = 1; g < groups; ++g) {
+      const float4 y = s_acc[g * Q + tid];
+      acc.x += y.x; acc.y += y.y; acc.z += y.z; acc.w += y.w;
+    }
+    const float inv = wsum > 0.f ? 1.f / wsum : 0.f;
+    Packed<T, 4> v;
+    v.v[0] = from_float<T>(acc.x * inv); v.v[1] = from_float<T>(acc.y * inv);
+    v.v[2] = from_float<T>(acc.z * inv); v.v[3] = from_float<T>(acc.w * inv);
+    store_packed<T, 4>(static_cast<T*>(p.out) + row * p.out_row_stride + head * p.out_head_stride + col0 + tid * 4,
+                       v);
   }
 }
 

@@ -35,6 +35,23 @@ void launch_decode_v2(const AttnParams& p, int num_rows, cudaStream_t stream) {
   const dim3 grid(num_rows, p.num_splits, p.num_kv_heads);
   decode::paged_decode_kernel<T, D, VLLM><<<grid, decode::kThreads, smem, stream>>>(p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (p.num_splits <= 1) return;
+  // The merge with programmatic dependent launch: its launch overlaps the attention
+  // grid's tail (it waits in griddepcontrol.wait); capturable in CUDA graphs (CUDA >= 12.3).
+  cudaLaunchConfig_t cfg = {};
+  // Few (row, head) pairs (batch 1): slice head_dim into 32-column CTAs so the partial
+  // reads spread over 4x more CTAs (8x at 256).
+  const bool slice = static_cast<int64_t>(num_rows) * p.num_heads < 256;
+  cfg.gridDim = dim3(num_rows, p.num_heads, slice ? D / 32 : 1);
+  cfg.blockDim = dim3(decode::kThreads);
+  cfg.dynamicSmemBytes = 0;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  C10_CUDA_CHECK(cudaLaunchKernelEx(&cfg, decode::merge_kernel<T, D>, p));
 }
 
 }  // namespace ferrum::attn

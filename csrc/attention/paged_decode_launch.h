@@ -8,8 +8,9 @@ namespace ferrum::attn {
 
 struct AttnParams;
 
-// Launches decode::paged_decode_kernel<T, D, VLLM> on grid (rows, splits, kv_heads);
-// p.mode kTileDecode or kTileRow.
+// Launches decode::paged_decode_kernel<T, D, VLLM> on grid (rows, splits, kv_heads)
+// and, when p.num_splits > 1, decode::merge_kernel<T, D> on (rows, heads) with
+// programmatic dependent launch; p.mode kTileDecode or kTileRow.
 template <typename T, int D, bool VLLM>
 void launch_decode_v2(const AttnParams& p, int num_rows, cudaStream_t stream);
 

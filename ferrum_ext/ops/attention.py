@@ -206,7 +206,7 @@ def register() -> None:
         reference.write_kv_cache(key, value, key_cache, value_cache, slot_mapping, layout)
 
     def decode_cpu(out, query, key_cache, value_cache, block_tables, seq_lens, scale, layout, max_seq_len,
-                   num_splits, kernel="auto"):
+                   num_splits, variant="auto"):
         reference.paged_attention_decode(query, key_cache, value_cache, block_tables, seq_lens, scale, layout,
                                          out=out)
 
