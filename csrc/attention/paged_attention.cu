@@ -198,6 +198,8 @@ template <typename T, int D, bool VLLM>
 void run_v2(AttnParams& p, const at::Tensor& query, int num_rows, int64_t max_seq_len, int64_t forced_splits,
             cudaStream_t stream) {
   const int device = query.get_device();
+  TORCH_CHECK(int64_t{num_rows} * ferrum::attn::kMaxSplits * p.num_kv_heads < (int64_t{1} << 31),
+              "query: too many rows x kv_heads for one launch");
   const int per_sm = ferrum::attn::decode_v2_ctas_per_sm<T, D, VLLM>(device);
   plan_splits_v2(p, static_cast<int64_t>(num_rows) * p.num_kv_heads, max_seq_len, ferrum::sm_count(device), per_sm,
                  forced_splits, ferrum::attn::decode::Cfg<D>::ST);

@@ -102,7 +102,8 @@ __device__ __forceinline__ void cp_async_16_l2_256(uint32_t dst, const void* src
   asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n));
 }
 
-// T: __half / __nv_bfloat16; D: head_dim; VLLM: cache layout. Grid (rows, splits, kv_heads).
+// T: __half / __nv_bfloat16; D: head_dim; VLLM: cache layout. Grid: rows x splits x kv_heads
+// CTAs in one dimension, kv head fastest.
 // p.mode: kTileDecode (row = sequence, query at seq_len - 1) or kTileRow (packed varlen row).
 template <typename T, int D, bool VLLM>
 __global__ void __launch_bounds__(kThreads, Cfg<D>::kMinBlocks) paged_decode_kernel(const AttnParams p) {
@@ -117,37 +118,34 @@ __global__ void __launch_bounds__(kThreads, Cfg<D>::kMinBlocks) paged_decode_ker
   float* sML = reinterpret_cast<float*>(sQ + kRows * D);  // [WT][16][2]: m, l
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int row = blockIdx.x, split = blockIdx.y, kvh = blockIdx.z;
+  // 1-D grid, kv head fastest: the kv heads of one (row, split) run side by side and read
+  // the same cache blocks at about the same time ("nhd": the same token rows) -> DRAM page hits.
+  const int kvh = static_cast<int>(blockIdx.x % p.num_kv_heads);
+  const int rs = static_cast<int>(blockIdx.x / p.num_kv_heads);
+  const int split = rs % p.num_splits, row = rs / p.num_splits;
   pdl_launch_dependents();  // the merge (if any) may be scheduled; it waits for this grid to finish
 
-  // ---- which sequence, which keys ----
-  int seq, qpos;
+  // ---- which sequence ----
+  int seq, c_lo = 0, c_hi = 0;
   if (p.mode == kTileDecode) {
     seq = row;
-    qpos = __ldg(p.seq_lens + seq) - 1;
   } else {
     seq = find_seq(p.cu_seqlens_q, p.num_seqs, row);
-    const int c0 = __ldg(p.cu_seqlens_q + seq), c1 = __ldg(p.cu_seqlens_q + seq + 1);
-    qpos = __ldg(p.seq_lens + seq) - (c1 - c0) + (row - c0);
+    c_lo = __ldg(p.cu_seqlens_q + seq);
+    c_hi = __ldg(p.cu_seqlens_q + seq + 1);
   }
-  const int kv_end = visible_end(p, __ldg(p.seq_lens + seq), qpos);
-  const int kv_begin = split * p.tokens_per_split;
-  if (p.num_splits > 1 && kv_begin >= kv_end) return;  // the merge reads only the splits that hold keys
-  const int range_end = min(kv_end, kv_begin + p.tokens_per_split);
-  const int n_tok = max(range_end - kv_begin, 0);
-  const int n_stages = (n_tok + ST - 1) / ST;
   const int group = p.group;
+  const int kv_begin = split * p.tokens_per_split;
 
-  // ---- Q tile into shared memory (rows >= group are zero) ----
+  // ---- Q tile: cp.async into shared memory (rows >= group zero-filled), part of the
+  // first commit group, so its latency overlaps the block-table and first K/V reads ----
   for (int u = tid; u < kRows * CH; u += kThreads) {
     const int c = u % CH, r = u / CH;
-    uint4 val = make_uint4(0, 0, 0, 0);
-    if (r < group) {
-      const T* src = static_cast<const T*>(p.q) + static_cast<int64_t>(row) * p.q_row_stride +
-                     static_cast<int64_t>(kvh * group + r) * p.q_head_stride + c * 8;
-      val = *reinterpret_cast<const uint4*>(src);
-    }
-    *reinterpret_cast<uint4*>(sQ + (c * kRows + r) * 8) = val;
+    const T* src = static_cast<const T*>(p.q);
+    if (r < group)
+      src += static_cast<int64_t>(row) * p.q_row_stride + static_cast<int64_t>(kvh * group + r) * p.q_head_stride +
+             c * 8;
+    cp_async_16(sQ0 + (c * kRows + r) * 16, src, r < group);
   }
 
   // ---- per-thread load geometry (constant over stages) ----
@@ -161,7 +159,7 @@ __global__ void __launch_bounds__(kThreads, Cfg<D>::kMinBlocks) paged_decode_ker
   int64_t koff, voff;     // byte offset of unit 0 inside a cache block (head included)
   int64_t kstep, vstep;   // bytes between consecutive units (vllm) or tokens (nhd)
   int64_t ktok, vtok;     // bytes between consecutive tokens inside a block
-  uint32_t sk_off, sv_off;  // smem byte offset of unit 0 inside a stage buffer
+  uint32_t sv_off = 0;    // "vllm" V: smem byte offset of unit 0 inside a stage buffer
   bool loader = true;
   if constexpr (VLLM) {
     const int64_t head = static_cast<int64_t>(kvh) * D * bs * 2;
@@ -175,7 +173,6 @@ __global__ void __launch_bounds__(kThreads, Cfg<D>::kMinBlocks) paged_decode_ker
     vstep = static_cast<int64_t>(8 * kThreads / ST) * bs * 2;
     ktok = 16;
     vtok = 2;
-    sk_off = 0;  // K smem units depend on i (xor swizzle): computed in issue()
     sv_off = (g * D + d0) * 16;
   } else {
     const int c = tid % CH, r = tid / CH;
@@ -185,8 +182,33 @@ __global__ void __launch_bounds__(kThreads, Cfg<D>::kMinBlocks) paged_decode_ker
     koff = voff = static_cast<int64_t>(tokK & (bs - 1)) * tok_stride + static_cast<int64_t>(kvh) * D * 2 + c * 16;
     kstep = vstep = tok_stride;
     ktok = vtok = tok_stride;
-    sk_off = sv_off = 0;  // computed in issue()
   }
+
+  // Block ids of the prologue stages, read before seq_len is known (bounded only by the
+  // block-table row and the split; entries past the range are replaced by 0 once it is known).
+  constexpr int kPro = C::kStages - 1;
+  int pro_k[kPro], pro_v[kPro];
+  {
+    const int spec_end = min(p.max_blocks << lbs, kv_begin + p.tokens_per_split);
+#pragma unroll
+    for (int s = 0; s < kPro; ++s) {
+      const int tk = kv_begin + s * ST + tokK, tv = kv_begin + s * ST + tokV;
+      pro_k[s] = tk < spec_end ? __ldg(bt + (tk >> lbs)) : 0;
+      pro_v[s] = VLLM ? (tv < spec_end ? __ldg(bt + (tv >> lbs)) : 0) : pro_k[s];
+    }
+  }
+
+  // ---- which keys ----
+  const int seq_len = __ldg(p.seq_lens + seq);
+  const int qpos = p.mode == kTileDecode ? seq_len - 1 : seq_len - (c_hi - c_lo) + (row - c_lo);
+  const int kv_end = visible_end(p, seq_len, qpos);
+  if (p.num_splits > 1 && kv_begin >= kv_end) {  // the merge reads only the splits that hold keys
+    cp_async_wait<0>();  // no copy into shared memory outlives the CTA
+    return;
+  }
+  const int range_end = min(kv_end, kv_begin + p.tokens_per_split);
+  const int n_tok = max(range_end - kv_begin, 0);
+  const int n_stages = (n_tok + ST - 1) / ST;
 
   // Block ids of stage s for this thread's K and V units (0 past the range: never dereferenced).
   auto load_bid = [&](int s, int tok) -> int {
@@ -244,23 +266,18 @@ __global__ void __launch_bounds__(kThreads, Cfg<D>::kMinBlocks) paged_decode_ker
 #pragma unroll
   for (int i = 0; i < DNW; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
 
-  // ---- pipeline prologue ----
-  int bidK = load_bid(0, tokK), bidV = VLLM ? load_bid(0, tokV) : bidK;
+  // ---- pipeline prologue (commit group 0 also holds the Q tile) ----
 #pragma unroll
-  for (int s = 0; s < C::kStages - 1; ++s) {
-    if (s < n_stages) issue(s, bidK, bidV);
+  for (int s = 0; s < kPro; ++s) {
+    // entries past the range (maybe garbage in the table) never even form a pointer
+    const int tk = kv_begin + s * ST + tokK, tv = kv_begin + s * ST + tokV;
+    if (s < n_stages) issue(s, tk < range_end ? pro_k[s] : 0, tv < range_end ? pro_v[s] : 0);
     cp_async_commit();
-    bidK = load_bid(s + 1, tokK);
-    bidV = VLLM ? load_bid(s + 1, tokV) : bidK;
   }
+  int bidK = load_bid(kPro, tokK), bidV = VLLM ? load_bid(kPro, tokV) : bidK;
 
   auto q_addr = [&](int kk) { return sQ0 + ((2 * kk + (mi >> 1)) * kRows + (mi & 1) * 8 + li) * 16; };
   uint32_t qa[C::kQInRegs ? KS : 1][4];
-  if constexpr (C::kQInRegs) {
-    __syncthreads();  // the Q tile is in shared memory
-#pragma unroll
-    for (int kk = 0; kk < KS; ++kk) ldsm_x4(qa[kk], q_addr(kk));
-  }
 
   // ldmatrix row of this lane: K (and V "nhd") token and the xor of its swizzle.
   const int tS = tw * 16 + (mi >> 1) * 8 + li;     // S: token of matrices (mi >> 1)
@@ -289,6 +306,12 @@ __global__ void __launch_bounds__(kThreads, Cfg<D>::kMinBlocks) paged_decode_ker
       }
     }
     __syncthreads();  // stage s visible to all; everyone is done with stage s - 1's buffer
+    if constexpr (C::kQInRegs) {
+      if (s == 0) {  // the Q tile arrived with stage 0: its mma fragments stay in registers
+#pragma unroll
+        for (int kk = 0; kk < KS; ++kk) ldsm_x4(qa[kk], q_addr(kk));
+      }
+    }
     {
       const int next = s + C::kStages - 1;
       if (next < n_stages) issue(next, bidK, bidV);

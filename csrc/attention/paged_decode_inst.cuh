@@ -32,7 +32,7 @@ int decode_v2_ctas_per_sm(int device) {
 template <typename T, int D, bool VLLM>
 void launch_decode_v2(const AttnParams& p, int num_rows, cudaStream_t stream) {
   constexpr int smem = decode::smem_bytes<D>();
-  const dim3 grid(num_rows, p.num_splits, p.num_kv_heads);
+  const dim3 grid(static_cast<unsigned>(num_rows) * p.num_splits * p.num_kv_heads);  // kv head fastest
   decode::paged_decode_kernel<T, D, VLLM><<<grid, decode::kThreads, smem, stream>>>(p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (p.num_splits <= 1) return;

@@ -8,7 +8,7 @@ namespace ferrum::attn {
 
 struct AttnParams;
 
-// Launches decode::paged_decode_kernel<T, D, VLLM> on grid (rows, splits, kv_heads)
+// Launches decode::paged_decode_kernel<T, D, VLLM> on rows x splits x kv_heads CTAs (1-D grid)
 // and, when p.num_splits > 1, decode::merge_kernel<T, D> on (rows, heads) with
 // programmatic dependent launch; p.mode kTileDecode or kTileRow.
 template <typename T, int D, bool VLLM>
