@@ -51,7 +51,13 @@ void launch_decode_v2(const AttnParams& p, int num_rows, cudaStream_t stream) {
   attr[0].val.programmaticStreamSerializationAllowed = 1;
   cfg.attrs = attr;
   cfg.numAttrs = 1;
-  C10_CUDA_CHECK(cudaLaunchKernelEx(&cfg, decode::merge_kernel<T, D>, p));
+  if (cudaLaunchKernelEx(&cfg, decode::merge_kernel<T, D>, p) != cudaSuccess) {
+    // No programmatic launch here (old driver): clear the error, launch plainly
+    // (griddepcontrol.wait is then a no-op and stream order alone protects the partials).
+    (void)cudaGetLastError();
+    decode::merge_kernel<T, D><<<cfg.gridDim, cfg.blockDim, 0, stream>>>(p);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
 }
 
 }  // namespace ferrum::attn
