@@ -62,6 +62,36 @@ def ours(x, logits, w13, w2, top_k, out, tier=None):
     return ops.fused_moe(x, w13, w2, w, ids, out=out, tier=tier)
 
 
+def _short_name(name: str) -> str:
+    if "GemmUniversal" in name:
+        return "cutlass_grouped_gemm"
+    return name.split("<")[0].split("(")[0].split("::")[-1].strip()
+
+
+def kernel_breakdown(fn, iters: int = 3) -> str:
+    """Per-kernel device time (us, mean over iters) of one call of fn, in launch order (torch.profiler,
+    L2 warm): shows where the layer's time goes, e.g. GEMM against align/gather/combine."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            fn()
+        torch.cuda.synchronize()
+    events = sorted((e for e in prof.events() if e.device_type.name == "CUDA" and "Memset" not in e.name
+                     and "Memcpy" not in e.name), key=lambda e: e.time_range.start)
+    if not events or len(events) % iters:
+        return f"unavailable ({len(events)} kernel events for {iters} calls)"
+    per = len(events) // iters
+    parts = []
+    for i in range(per):
+        us = sum(events[j * per + i].time_range.elapsed_us() for j in range(iters)) / iters
+        parts.append(f"{_short_name(events[i].name)} {us:.1f}")
+    total = sum(e.time_range.elapsed_us() for e in events) / iters
+    return ", ".join(parts) + f" | sum {total:.1f} us"
+
+
 def _baseline():
     try:
         x = torch.randn(8, 64, device="cuda", dtype=torch.bfloat16)
@@ -110,6 +140,15 @@ def run(ctx):
                 mma_graphs.append((g,))
             t_mma = ctx.time(lambda g: g.replay(), mma_graphs)
             del mma_graphs
+        if num_tokens >= 1024:
+            x, lg, o = sets[0]
+            tiers = ["auto", "prefill_mma"] if torch.cuda.get_device_capability()[0] == 9 else ["auto"]
+            for tier in tiers:
+                try:
+                    line = kernel_breakdown(lambda: ours(x, lg, w13, w2, k, o, tier))
+                except Exception as exc:  # the profiler is a diagnostic only
+                    line = f"unavailable ({type(exc).__name__}: {exc})"
+                print(f"fused_moe kernels, {case}, tier {tier}: {line}", flush=True)
         t_base = ctx.time(lambda x, lg, o: baseline(x, lg, w13, w2, k), sets)
         for variant, t in (("graph", t_graph), ("eager", t_eager)):
             bw = ctx.row("fused_moe", case, dtype, t, bytes_moved=weight_bytes, baseline=t_base,
