@@ -92,13 +92,17 @@ def cuda_extensions():
     from torch.utils.cpp_extension import BuildExtension, CUDAExtension
 
     nvcc_threads = os.environ.get("NVCC_THREADS", "1")
+    # sm_90a device code (wgmma / TMA kernels: the Hopper MoE prefill tier) is only built, and
+    # only dispatched to, when the arch list names 9.0a.
+    archs = os.environ["TORCH_CUDA_ARCH_LIST"].replace(";", " ").split()
     include_dirs = [os.path.join(ROOT, "csrc")]
     cutlass = find_cutlass_include()
     if cutlass:
         include_dirs.append(cutlass)
+    sm90a = bool(cutlass) and any(a.split("+")[0] == "9.0a" for a in archs)
     say(f"building ferrum_ext._C with CUDA at {cuda_home} for archs "
         f"{os.environ['TORCH_CUDA_ARCH_LIST']} (MAX_JOBS={os.environ.get('MAX_JOBS', 'auto')}, "
-        f"NVCC_THREADS={nvcc_threads}, CUTLASS={cutlass or 'not found'})")
+        f"NVCC_THREADS={nvcc_threads}, CUTLASS={cutlass or 'not found'}, sm_90a kernels={'yes' if sm90a else 'no'})")
     sources = sorted({
         os.path.relpath(p, ROOT)
         for pattern in ("csrc/**/*.cpp", "csrc/**/*.cu")
@@ -115,6 +119,7 @@ def cuda_extensions():
             "nvcc": [
                 "-O3", "--expt-relaxed-constexpr", "-lineinfo",
                 f"--threads={nvcc_threads}",
+                *(["-DFERRUM_SM90A_BUILT"] if sm90a else []),
                 "-U__CUDA_NO_HALF_OPERATORS__", "-U__CUDA_NO_HALF_CONVERSIONS__",
                 "-U__CUDA_NO_BFLOAT16_OPERATORS__", "-U__CUDA_NO_BFLOAT16_CONVERSIONS__",
             ],

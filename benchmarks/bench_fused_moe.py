@@ -9,7 +9,8 @@ tensor-core-bound (rate: TFLOP/s against the bf16 matmul ceiling). Both rates ar
 (`variant` says which the row's pct_ceiling uses).
 
 Variants: "eager" (Python wrappers, launches included), "graph" (the same step captured in a CUDA
-graph and replayed: the launch-free number a captured decode step sees). Baseline, timed in the same
+graph and replayed: the launch-free number a captured decode step sees); on Hopper, for T >= 256, also
+"graph ..., tier prefill_mma" (the mma.sync prefill tier, where "auto" takes the CUTLASS tier). Baseline, timed in the same
 run: a PyTorch pipeline (softmax / top-k, argsort, torch._grouped_mm for both GEMMs, index_add
 combine; a per-expert loop of matmuls where _grouped_mm is missing).
 """
@@ -20,7 +21,7 @@ from ferrum_ext import ops
 
 QWEN3_30B = dict(name="Qwen3-30B-A3B", E=128, k=8, H=2048, I=768)
 QWEN3_235B = dict(name="Qwen3-235B-A22B", E=128, k=8, H=4096, I=1536)
-CASES = [(QWEN3_30B, t) for t in (1, 4, 16, 64, 256, 1024, 4096)] + [(QWEN3_235B, t) for t in (1, 64, 4096)]
+CASES = [(QWEN3_30B, t) for t in (1, 4, 16, 64, 256, 1024, 4096, 16384)] + [(QWEN3_235B, t) for t in (1, 64, 4096)]
 ROTATE = 3
 
 
@@ -56,9 +57,39 @@ def torch_moe_loop(x, logits, w13, w2, top_k):
     return out.to(x.dtype)
 
 
-def ours(x, logits, w13, w2, top_k, out):
+def ours(x, logits, w13, w2, top_k, out, tier=None):
     w, ids = ops.moe_route(logits, top_k, True)
-    return ops.fused_moe(x, w13, w2, w, ids, out=out)
+    return ops.fused_moe(x, w13, w2, w, ids, out=out, tier=tier)
+
+
+def _short_name(name: str) -> str:
+    if "GemmUniversal" in name:
+        return "cutlass_grouped_gemm"
+    return name.split("<")[0].split("(")[0].split("::")[-1].strip()
+
+
+def kernel_breakdown(fn, iters: int = 3) -> str:
+    """Per-kernel device time (us, mean over iters) of one call of fn, in launch order (torch.profiler,
+    L2 warm): shows where the layer's time goes, e.g. GEMM against align/gather/combine."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            fn()
+        torch.cuda.synchronize()
+    events = sorted((e for e in prof.events() if e.device_type.name == "CUDA" and "Memset" not in e.name
+                     and "Memcpy" not in e.name), key=lambda e: e.time_range.start)
+    if not events or len(events) % iters:
+        return f"unavailable ({len(events)} kernel events for {iters} calls)"
+    per = len(events) // iters
+    parts = []
+    for i in range(per):
+        us = sum(events[j * per + i].time_range.elapsed_us() for j in range(iters)) / iters
+        parts.append(f"{_short_name(events[i].name)} {us:.1f}")
+    total = sum(e.time_range.elapsed_us() for e in events) / iters
+    return ", ".join(parts) + f" | sum {total:.1f} us"
 
 
 def _baseline():
@@ -97,6 +128,27 @@ def run(ctx):
                 ours(x, lg, w13, w2, k, o)
             graphs.append((g,))
         t_graph = ctx.time(lambda g: g.replay(), graphs)
+        t_mma = None
+        if num_tokens >= 256 and torch.cuda.get_device_capability()[0] == 9:
+            # The mma.sync prefill tier, for comparison with the Hopper tier that "auto" picks here.
+            mma_graphs = []
+            for x, lg, o in sets:
+                ours(x, lg, w13, w2, k, o, "prefill_mma")
+                g = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(g):
+                    ours(x, lg, w13, w2, k, o, "prefill_mma")
+                mma_graphs.append((g,))
+            t_mma = ctx.time(lambda g: g.replay(), mma_graphs)
+            del mma_graphs
+        if num_tokens >= 1024:
+            x, lg, o = sets[0]
+            tiers = ["auto", "prefill_mma"] if torch.cuda.get_device_capability()[0] == 9 else ["auto"]
+            for tier in tiers:
+                try:
+                    line = kernel_breakdown(lambda: ours(x, lg, w13, w2, k, o, tier))
+                except Exception as exc:  # the profiler is a diagnostic only
+                    line = f"unavailable ({type(exc).__name__}: {exc})"
+                print(f"fused_moe kernels, {case}, tier {tier}: {line}", flush=True)
         t_base = ctx.time(lambda x, lg, o: baseline(x, lg, w13, w2, k), sets)
         for variant, t in (("graph", t_graph), ("eager", t_eager)):
             bw = ctx.row("fused_moe", case, dtype, t, bytes_moved=weight_bytes, baseline=t_base,
@@ -104,6 +156,9 @@ def run(ctx):
             fl = ctx.row("fused_moe", case, dtype, t, flops=flops, baseline=t_base,
                          baseline_name=baseline_name, variant=f"{variant} TFLOP/s")
             rows += [bw, fl]
+        if t_mma is not None:
+            rows.append(ctx.row("fused_moe", case, dtype, t_mma, flops=flops, baseline=t_base,
+                                baseline_name=baseline_name, variant="graph TFLOP/s, tier prefill_mma"))
         del w13, w2, sets, graphs
         torch.cuda.empty_cache()
     return rows

@@ -3,7 +3,9 @@
 // Tier from the host-known token count T and the caller's thresholds:
 //   T < gemv_threshold            "gemv":    weight-streaming kernel, block_m 4
 //   T < prefill_threshold         "small":   mma.sync, block_m 16, block_n 128
-//   otherwise                     "prefill": mma.sync, block_m 64 or 128, block_n 128
+//   otherwise                     "prefill": mma.sync, block_m 64 or 128, block_n 128; on sm_90a builds
+//                                 and 9.x devices the Hopper tier of prefill_sm90.cu instead
+//                                 ("prefill_mma" / "prefill_sm90" force one of the two)
 // Workspace from the caching allocator, sizes from (T, k, E, block_m) alone:
 // h [T*k, I] + y [T*k, H] activations and O(T*k + E*block_m) int32 ids. No host sync.
 #include <c10/cuda/CUDAGuard.h>
@@ -18,17 +20,21 @@
 #include "moe/combine.cuh"
 #include "moe/moe_align_launch.h"
 #include "moe/moe_common.cuh"
+#include "moe/prefill_sm90.h"
 #include "ops.h"
 
 namespace {
 
-enum class Tier { kGemv, kSmall, kPrefill };
+enum class Tier { kGemv, kSmall, kPrefill, kPrefillMma, kPrefillSm90 };
 
 Tier pick_tier(int64_t num_tokens, int64_t gemv_threshold, int64_t prefill_threshold, const std::string& tier) {
   if (tier == "gemv") return Tier::kGemv;
   if (tier == "small") return Tier::kSmall;
   if (tier == "prefill") return Tier::kPrefill;
-  TORCH_CHECK(tier == "auto", "tier: expected 'gemv', 'small', 'prefill' or 'auto', got '", tier, "'");
+  if (tier == "prefill_mma") return Tier::kPrefillMma;
+  if (tier == "prefill_sm90") return Tier::kPrefillSm90;
+  TORCH_CHECK(tier == "auto", "tier: expected 'gemv', 'small', 'prefill', 'prefill_mma', 'prefill_sm90' or 'auto', got '",
+              tier, "'");
   if (num_tokens < gemv_threshold) return Tier::kGemv;
   if (num_tokens < prefill_threshold) return Tier::kSmall;
   return Tier::kPrefill;
@@ -75,7 +81,15 @@ void fused_moe(at::Tensor& out, const at::Tensor& hidden, const at::Tensor& w13,
   TORCH_CHECK(T * top_k < (int64_t{1} << 30), "fused_moe: too many (token, expert) pairs");
   if (T == 0) return;
 
-  const Tier t = pick_tier(T, gemv_threshold, prefill_threshold, std::string(tier));
+  Tier t = pick_tier(T, gemv_threshold, prefill_threshold, std::string(tier));
+  // Hopper prefill tier (CUTLASS grouped GEMMs, prefill_sm90.cu): "prefill" takes it where supported.
+  if (t == Tier::kPrefillSm90 || (t == Tier::kPrefill && ferrum::moe::prefill_sm90_supported(hidden.get_device()))) {
+    const c10::cuda::OptionalCUDAGuard guard(hidden.device());
+    ferrum::moe::fused_moe_prefill_sm90(out, hidden, w13, w2, topk_weights, topk_ids,
+                                        c10::cuda::getCurrentCUDAStream());
+    return;
+  }
+  if (t == Tier::kPrefillMma) t = Tier::kPrefill;
   const int64_t P = T * top_k;
   const int64_t block_m =
       t == Tier::kGemv ? ferrum::moe::kGemvBlockM : t == Tier::kSmall ? ferrum::moe::kSmallBlockM
@@ -110,6 +124,8 @@ void fused_moe(at::Tensor& out, const at::Tensor& hidden, const at::Tensor& w13,
       case Tier::kGemv: ferrum::moe::launch_gemv(args, gate_up, bf16, stream); break;
       case Tier::kSmall: ferrum::moe::launch_mma_small(args, gate_up, bf16, stream); break;
       case Tier::kPrefill:
+      case Tier::kPrefillMma:
+      case Tier::kPrefillSm90:  // both mapped before: kPrefillMma -> kPrefill, kPrefillSm90 returned
         if (block_m == 128) {
           ferrum::moe::launch_mma_prefill128(args, gate_up, bf16, stream);
         } else {

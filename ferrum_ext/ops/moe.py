@@ -17,7 +17,7 @@ from ferrum_ext._extension import cuda_ops_available
 from ferrum_ext.ops._dispatch import LIB
 
 
-MOE_TIERS = (None, "auto", "gemv", "small", "prefill")
+MOE_TIERS = (None, "auto", "gemv", "small", "prefill", "prefill_mma", "prefill_sm90")
 
 
 def moe_route(router_logits: torch.Tensor, top_k: int, renormalize: bool = True, *,
@@ -110,7 +110,10 @@ def fused_moe(hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_we
     hidden [T, H] fp16/bf16; w13 [E, 2I, H] (gate rows then up rows), w2 [E, H, I] as Hugging Face
     stores them; topk_weights [T, k] (fp32; other float types are converted); topk_ids int32 [T, k].
     The kernel tier comes from T: T < gemv_threshold -> "gemv", T < prefill_threshold -> "small",
-    else "prefill"; `tier` forces one. Thresholds come from the caller (runtime env), never the env."""
+    else "prefill"; `tier` forces one. Thresholds come from the caller (runtime env), never the env.
+    "prefill" runs the Hopper tier (CUTLASS grouped GEMMs, TMA + wgmma) on a compute capability 9.x
+    GPU when the extension was built for 9.0a, else the mma.sync tier; "prefill_mma" forces the
+    mma.sync tier, "prefill_sm90" the Hopper one (a RuntimeError where it is unavailable)."""
     _check_fused_moe(hidden, w13, w2, topk_weights, topk_ids, gemv_threshold, prefill_threshold, tier)
     if out is None:
         out = torch.empty(hidden.shape, dtype=hidden.dtype, device=hidden.device)

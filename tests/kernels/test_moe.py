@@ -16,7 +16,9 @@ from ferrum_ext import ops, reference
 from ferrum_ext.testing import assert_rel_close, poison_, rel_error
 
 needs_ops = pytest.mark.skipif(not ferrum_ext.cuda_ops_available(), reason="ferrum_ext._C not built")
-TIERS = ["gemv", "small", "prefill", None]
+# "prefill" is the Hopper tier (CUTLASS grouped GEMMs) on 9.x GPUs built for 9.0a, else mma.sync;
+# "prefill_mma" keeps the mma.sync tier covered everywhere.
+TIERS = ["gemv", "small", "prefill", "prefill_mma", None]
 
 
 def make_moe(num_tokens, num_experts, top_k, hidden, inter, dtype, device, seed=0):
@@ -135,7 +137,7 @@ def test_fused_moe_references_agree():
 def test_cpu_path_runs_every_tier():
     args = _cpu_args()
     ref = reference.fused_moe(**args)
-    for tier in TIERS:
+    for tier in TIERS + ["prefill_sm90", "auto"]:
         assert_rel_close(ops.fused_moe(**args, tier=tier), ref)
 
 
@@ -322,3 +324,131 @@ def test_fused_moe_loop_reference_on_gpu():
     x, w13, w2, w, ids = make_moe(6, 16, 3, 128, 64, torch.float16, "cuda")
     ids[2, 1] = -1
     assert_rel_close(ops.fused_moe(x, w13, w2, w, ids), reference.fused_moe(x, w13, w2, w, ids))
+
+
+# ---- GPU: the Hopper prefill tier (tier="prefill_sm90") -------------------------------------------
+#
+# moe_align(block_m=1) -> gather -> CUTLASS grouped GEMM (gate_up) -> silu*up -> grouped GEMM (down)
+# -> combine through the inverse permutation. Failures here with "prefill_mma" passing point at the
+# Hopper tier (csrc/moe/prefill_sm90.cu, grouped_gemm_sm90_impl.cuh).
+
+is_sm90 = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9,
+                             reason="needs a compute capability 9.x GPU")
+
+
+@pytest.mark.parametrize("routing", ["random", "one_expert", "padded"])
+@pytest.mark.parametrize("num_tokens", [33, 257, 4097])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.gpu
+@is_sm90
+def test_prefill_sm90_matches_reference(routing, num_tokens, dtype):
+    # E 32, k 4: ~4 rows per expert at T=33 (most of a 128-row tile empty), ~512 at T=4097 (4 m-tiles);
+    # "one_expert" puts all T rows on experts 0..3 and leaves 28 groups empty; 2I = 384 and H = 320 are
+    # not multiples of the 256-column tile, K = 320 not a multiple of the 64-deep k-tile.
+    x, w13, w2, w, ids, out = _check_fused(num_tokens, 32, 4, 320, 192, dtype, "prefill_sm90", routing,
+                                           seed=num_tokens)
+    if routing == "padded":
+        assert torch.all(out[::4] == 0), "rows whose ids are all -1 must be zero"
+
+
+@pytest.mark.parametrize("shape", [
+    (128, 8, 2048, 768),   # Qwen3-30B-A3B
+    (128, 8, 4096, 384),   # 235B hidden, a TP slice of I
+    (8, 2, 1024, 1792),    # Mixtral-like, scaled
+    (256, 16, 320, 64),    # E 256, k 16, K = I = 64: one k-tile in the down GEMM
+    (8, 1, 64, 128),       # H 64: one k-tile in gate_up, a 64-column down GEMM
+])
+@pytest.mark.gpu
+@is_sm90
+def test_prefill_sm90_shapes(shape):
+    num_experts, top_k, hidden, inter = shape
+    for num_tokens in (1, 40, 300):
+        _check_fused(num_tokens, num_experts, top_k, hidden, inter, torch.bfloat16, "prefill_sm90", seed=num_tokens)
+
+
+@pytest.mark.gpu
+@is_sm90
+def test_prefill_sm90_qwen3_30b_large():
+    # The benchmark's shape at T = 2048 (16384 pairs, ~128 rows per expert), both dtypes.
+    _check_fused(2048, 128, 8, 2048, 768, torch.bfloat16, "prefill_sm90")
+    _check_fused(2048, 128, 8, 2048, 768, torch.float16, "prefill_sm90", "padded")
+
+
+@pytest.mark.gpu
+@is_sm90
+def test_prefill_sm90_agrees_with_mma_and_is_deterministic():
+    x, w13, w2, w, ids = make_moe(700, 64, 6, 512, 256, torch.bfloat16, "cuda", seed=3)
+    a = ops.fused_moe(x, w13, w2, w, ids, tier="prefill_sm90")
+    b = ops.fused_moe(x, w13, w2, w, ids, tier="prefill_sm90")
+    assert torch.equal(a, b), "two runs of prefill_sm90 differ"
+    old = ops.fused_moe(x, w13, w2, w, ids, tier="prefill_mma")
+    assert_rel_close(a, old, tol=1e-2, what="prefill_sm90 vs prefill_mma")
+    # Row independence: row 0's result must not depend on the other rows.
+    x2, w_2, ids2 = x.clone(), w.clone(), ids.clone()
+    x2[1:] = torch.randn_like(x2[1:])
+    ids2[1:] = ids2[1:].flip(0)
+    w_2[1:] = w_2[1:].flip(0)
+    c = ops.fused_moe(x2, w13, w2, w_2, ids2, tier="prefill_sm90")
+    assert torch.equal(a[0], c[0]), "row 0 changed when the other rows changed"
+
+
+def _kernel_names(fn):
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return [e.name for e in prof.events() if e.device_type.name == "CUDA"]
+
+
+@pytest.mark.gpu
+@is_sm90
+def test_prefill_dispatch_on_sm90():
+    # "prefill" (and "auto" above prefill_threshold) must take the CUTLASS tier on Hopper; "prefill_mma" not.
+    x, w13, w2, w, ids = make_moe(64, 16, 4, 256, 128, torch.bfloat16, "cuda")
+    for tier, want in (("prefill", True), (None, True), ("prefill_sm90", True), ("prefill_mma", False)):
+        names = _kernel_names(lambda: ops.fused_moe(x, w13, w2, w, ids, tier=tier))
+        got = any("cutlass" in n or "GemmUniversal" in n for n in names)
+        assert got == want, f"tier={tier}: expected CUTLASS kernels {want}, launched {sorted(set(names))}"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] == 9,
+                    reason="needs a GPU that is not compute capability 9.x")
+def test_prefill_sm90_unavailable_elsewhere():
+    x, w13, w2, w, ids = make_moe(40, 8, 2, 128, 64, torch.bfloat16, "cuda")
+    with pytest.raises(RuntimeError, match="prefill_sm90"):
+        ops.fused_moe(x, w13, w2, w, ids, tier="prefill_sm90")
+    assert_rel_close(ops.fused_moe(x, w13, w2, w, ids, tier="prefill"),
+                     reference.fused_moe_grouped_reference(x, w13, w2, w, ids))
+
+
+@pytest.mark.parametrize("num_tokens", [40, 600])
+@pytest.mark.gpu
+@is_sm90
+def test_prefill_sm90_cuda_graph(num_tokens):
+    # Group sizes live on the device: replays with new routing must follow it without re-capture.
+    num_experts, top_k, hidden, inter = 32, 4, 256, 128
+    x, w13, w2, _, _ = make_moe(num_tokens, num_experts, top_k, hidden, inter, torch.bfloat16, "cuda")
+    logits = torch.randn(num_tokens, num_experts, device="cuda")
+    out = torch.empty_like(x)
+
+    def step():
+        w, ids = ops.moe_route(logits, top_k, True)
+        ops.fused_moe(x, w13, w2, w, ids, tier="prefill_sm90", out=out)
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        step()  # warm-up outside capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    for i in range(3):
+        logits.copy_(torch.randn_like(logits) * (1 + 4 * i))  # sharper routing each replay: skewed groups
+        x.copy_(torch.randn_like(x))
+        poison_(out)
+        graph.replay()
+        torch.cuda.synchronize()
+        ref = reference.fused_moe_grouped_reference(x, w13, w2, *reference.moe_route(logits, top_k, True))
+        assert_rel_close(out, ref, what=f"prefill_sm90 graph replay {i} T={num_tokens}")
