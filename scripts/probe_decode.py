@@ -3,7 +3,7 @@ one launch to profile (`ncu --launch-skip 3 --launch-count 1 -k regex:paged_atte
 
     python scripts/probe_decode.py [--profile] [--long] [--v1]
 
---v1 runs the first kernel (default: the current default, "auto" = v2).
+--v1 runs the first kernel (default: "auto" = v1; without --v1 the probe runs v2).
 """
 
 import math

@@ -92,13 +92,14 @@ void greedy_argmax(at::Tensor& ids, const std::optional<at::Tensor>& values, con
     const uint8_t* mask = allowed.has_value() ? reinterpret_cast<const uint8_t*>(allowed->data_ptr()) : nullptr;
     // Rows are split over CTAs in two regimes. While the batch alone leaves SMs idle, each
     // row takes its share of one full wave of CTAs (at least one 16-byte load per thread
-    // per CTA). Beyond that, rows are still cut into short chunks of kChunkBytes: many
-    // short-lived CTAs reading 16 KB each stream closer to the bandwidth than one CTA per
-    // 600 KB row (measured on H200 at B=256 fp32: 45.5 us against 48.9 us), the merge of
-    // ~40 keys per row costing next to nothing.
-    constexpr int64_t kChunkBytes = 16 << 10;
+    // per CTA). Beyond that, fp32 rows are still cut into 16 KB chunks: many short-lived
+    // CTAs stream closer to the bandwidth than one CTA per 600 KB row (H100, B=256
+    // V=151936: 59.4 us against 64.2, B=64: 21.2 against 22.4), the merge of ~40 keys
+    // per row costing next to nothing. 16-bit rows measured slower so (40.6 us against
+    // 37.0 at B=256) and keep one CTA per row there.
+    const int64_t chunk_bytes = sizeof(scalar_t) == 4 ? int64_t{16} << 10 : 0;
     const int64_t min_chunk = ga::kThreads * kVec;
-    int64_t num_chunks = std::max<int64_t>(1, (int64_t(V) * sizeof(scalar_t)) / kChunkBytes);
+    int64_t num_chunks = chunk_bytes > 0 ? std::max<int64_t>(1, int64_t(V) * sizeof(scalar_t) / chunk_bytes) : 1;
     if (B < ferrum::sm_count(device)) {
       const int64_t resident = int64_t(ferrum::sm_count(device)) * (mask != nullptr ? blocks_per_sm<scalar_t, true>(device)
                                                                          : blocks_per_sm<scalar_t, false>(device));

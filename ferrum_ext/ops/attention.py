@@ -120,7 +120,7 @@ def paged_attention_decode(query: torch.Tensor, key_cache: torch.Tensor, value_c
     max_seq_len: a host upper bound of seq_lens (default block_tables.shape[1] * block_size); the
     launch (split-K plan) depends only on it, so a CUDA graph captured once stays valid while
     seq_lens / block_tables change below it. num_splits: force the split count (None = auto).
-    kernel: "auto" (= "v2"), or "v1" / "v2" to pick the CUDA kernel (tests and benchmarks);
+    kernel: "auto" (= "v1"), or "v1" / "v2" to pick the CUDA kernel (tests and benchmarks);
     no numerical meaning, ignored on CPU.
     """
     if kernel not in _DECODE_KERNELS:

@@ -12,7 +12,7 @@ from ferrum_ext.testing import assert_rel_close, make_cache, make_problem, poiso
 
 DTYPES = (torch.float16, torch.bfloat16)
 LAYOUTS = ("vllm", "nhd")
-KERNELS = ("v1", "v2")  # paged_attention_decode's CUDA kernels ("auto" = "v2")
+KERNELS = ("v1", "v2")  # paged_attention_decode's CUDA kernels ("auto" = "v1")
 
 
 def _decode(q, kc, vc, bt, sl, layout, **kw):
