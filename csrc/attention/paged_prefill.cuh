@@ -34,6 +34,7 @@
 #include <cuda_fp16.h>
 #include <cstdint>
 
+#include "attention/mma_sync.cuh"
 #include "common/types.cuh"
 
 namespace ferrum::attn::prefill {
@@ -81,72 +82,6 @@ constexpr int prefill_smem_bytes() {
   return PrefillCfg<D>::kStages * 2 * PrefillCfg<D>::kStageElems * 2 + kRowsPerCta * D * 2;
 }
 
-// ---- PTX wrappers (own copies: this header is independent of paged_attention.cuh) ----
-
-__device__ __forceinline__ uint32_t pf_smem_addr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-// 16-byte global -> shared copy; zero-fills (reads nothing) when !valid.
-__device__ __forceinline__ void pf_cp_async_16(uint32_t dst, const void* src, bool valid) {
-  const int n = valid ? 16 : 0;
-  asm volatile("cp.async.cg.shared.global.L2::128B [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n));
-}
-__device__ __forceinline__ void pf_cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void pf_cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-__device__ __forceinline__ void pf_ldsm_x4(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-__device__ __forceinline__ void pf_ldsm_x4_trans(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-
-// c += a * b for one m16n8k16 tile, fp32 accumulators.
-template <typename T>
-__device__ __forceinline__ void pf_mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
-template <>
-__device__ __forceinline__ void pf_mma<__half>(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-template <>
-__device__ __forceinline__ void pf_mma<__nv_bfloat16>(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
-                                                      uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-template <typename T>
-__device__ __forceinline__ uint32_t pf_pack2(float lo, float hi);
-template <>
-__device__ __forceinline__ uint32_t pf_pack2<__half>(float lo, float hi) {
-  __half2 h = __floats2half2_rn(lo, hi);
-  return *reinterpret_cast<uint32_t*>(&h);
-}
-template <>
-__device__ __forceinline__ uint32_t pf_pack2<__nv_bfloat16>(float lo, float hi) {
-  __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<uint32_t*>(&h);
-}
-
-__device__ __forceinline__ float pf_exp2(float x) {  // ex2.approx: exp2(-inf) = 0
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-  return y;
-}
-
 // ---- the prefill kernel ----------------------------------------------------
 
 // VLLM: the cache layout ("vllm" when true, else "nhd"; p.vllm_layout must agree).
@@ -182,7 +117,7 @@ __global__ void __launch_bounds__(PrefillCfg<D>::kThreads, PrefillCfg<D>::kMinBl
   const int kv_end = visible(qpos0 + (valid_rows - 1) / p.group);
   const int n_tiles = (kv_end + N - 1) / N;
 
-  const uint32_t sK0 = pf_smem_addr(sK), sV0 = pf_smem_addr(sV), sQ0 = pf_smem_addr(sQ);
+  const uint32_t sK0 = smem_addr(sK), sV0 = smem_addr(sV), sQ0 = smem_addr(sQ);
 
   // ---- Q tile -> shared memory [D/8][ROWS] (16-byte units; zero rows past the tile) ----
   {
@@ -194,7 +129,7 @@ __global__ void __launch_bounds__(PrefillCfg<D>::kThreads, PrefillCfg<D>::kMinBl
       const int rr = ok ? r : 0;
       const T* src = qb + static_cast<int64_t>(row0 + rr / p.group) * p.q_row_stride +
                      static_cast<int64_t>(kvh * p.group + rr % p.group) * p.q_head_stride + c * 8;
-      pf_cp_async_16(sQ0 + (c * ROWS + r) * 16, ok ? src : qb, ok);
+      cp_async_16(sQ0 + (c * ROWS + r) * 16, ok ? src : qb, ok);
     }
   }
 
@@ -236,7 +171,7 @@ __global__ void __launch_bounds__(PrefillCfg<D>::kThreads, PrefillCfg<D>::kMinBl
 #pragma unroll
         for (int i = 0; i < N * CH / NT; ++i) {
           const int c = (tid >> 6) + i * (NT / 64);
-          pf_cp_async_16(dK + (c * N + t) * 16, base + c * bs * 8, ok);
+          cp_async_16(dK + (c * N + t) * 16, base + c * bs * 8, ok);
         }
       }
       {  // V [nb, kvh, D, bs]: unit (8-token group g, dim d) -> smem unit g * D + d
@@ -246,7 +181,7 @@ __global__ void __launch_bounds__(PrefillCfg<D>::kThreads, PrefillCfg<D>::kMinBl
 #pragma unroll
         for (int i = 0; i < 8 * D / NT; ++i) {
           const int d = ((tid >> 6) + i * (NT / 64)) * 8 + (tid & 7);
-          pf_cp_async_16(dV + (g * D + d) * 16, base + static_cast<int64_t>(d) * bs, ok);
+          cp_async_16(dV + (g * D + d) * 16, base + static_cast<int64_t>(d) * bs, ok);
         }
       }
     } else {
@@ -264,8 +199,8 @@ __global__ void __launch_bounds__(PrefillCfg<D>::kThreads, PrefillCfg<D>::kMinBl
         for (int i = 0; i < CH / 4; ++i) {
           const int c = cq + 4 * i;
           const uint32_t so = (c * N + t) * 16;
-          pf_cp_async_16(dK + so, kb + c * 8, ok);
-          pf_cp_async_16(dV + so, vb + c * 8, ok);
+          cp_async_16(dK + so, kb + c * 8, ok);
+          cp_async_16(dV + so, vb + c * 8, ok);
         }
       }
     }
@@ -276,7 +211,7 @@ __global__ void __launch_bounds__(PrefillCfg<D>::kThreads, PrefillCfg<D>::kMinBl
 #pragma unroll
   for (int s = 0; s < STAGES - 1; ++s) {
     if (s < n_tiles) issue_stage(s, bids);
-    pf_cp_async_commit();  // stage 0's group also carries Q
+    cp_async_commit();  // stage 0's group also carries Q
     load_bids(s + 1, bids);
   }
 
@@ -313,12 +248,12 @@ __global__ void __launch_bounds__(PrefillCfg<D>::kThreads, PrefillCfg<D>::kMinBl
   uint32_t qa[kQRegs ? MW : 1][kQRegs ? KS : 1][4];
 
   for (int s = 0; s < n_tiles; ++s) {
-    pf_cp_async_wait<STAGES - 2>();
+    cp_async_wait<STAGES - 2>();
     __syncthreads();  // stage s (and Q) visible to all; everyone is done with stage s - 1's buffer
     {
       const int next = s + STAGES - 1;
       if (next < n_tiles) issue_stage(next, bids);
-      pf_cp_async_commit();
+      cp_async_commit();
       load_bids(next + 1, bids);
     }
     const int buf = s % STAGES;
@@ -337,7 +272,7 @@ __global__ void __launch_bounds__(PrefillCfg<D>::kThreads, PrefillCfg<D>::kMinBl
 #pragma unroll
         for (int mt = 0; mt < MW; ++mt)
 #pragma unroll
-          for (int kk = 0; kk < KS; ++kk) pf_ldsm_x4(qa[mt][kk], q_addr(mt, kk));
+          for (int kk = 0; kk < KS; ++kk) ldsm_x4(qa[mt][kk], q_addr(mt, kk));
       }
     }
     // Warp-uniform skips: no valid row, or every key of the tile lies past the warp's rows.
@@ -360,17 +295,17 @@ __global__ void __launch_bounds__(PrefillCfg<D>::kThreads, PrefillCfg<D>::kMinBl
 #pragma unroll
           for (int r = 0; r < 4; ++r) a[mt][r] = qa[mt][kk][r];
         } else {
-          pf_ldsm_x4(a[mt], q_addr(mt, kk));
+          ldsm_x4(a[mt], q_addr(mt, kk));
         }
       }
 #pragma unroll
       for (int j = 0; j < N / 16; ++j) {
         uint32_t b[4];
-        pf_ldsm_x4(b, kbase + ((2 * kk + (mi & 1)) * N + j * 16 + (mi >> 1) * 8 + li) * 16);
+        ldsm_x4(b, kbase + ((2 * kk + (mi & 1)) * N + j * 16 + (mi >> 1) * 8 + li) * 16);
 #pragma unroll
         for (int mt = 0; mt < MW; ++mt) {
-          pf_mma<T>(sc[mt][2 * j], a[mt], b[0], b[1]);
-          pf_mma<T>(sc[mt][2 * j + 1], a[mt], b[2], b[3]);
+          mma_16816<T>(sc[mt][2 * j], a[mt], b[0], b[1]);
+          mma_16816<T>(sc[mt][2 * j + 1], a[mt], b[2], b[3]);
         }
       }
     }
@@ -398,14 +333,14 @@ __global__ void __launch_bounds__(PrefillCfg<D>::kThreads, PrefillCfg<D>::kMinBl
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
         const float m_new = fmaxf(m_run[mt][h], mx);
         const float base = m_new == -INFINITY ? 0.f : m_new;
-        const float alpha = pf_exp2(m_run[mt][h] - base);
+        const float alpha = fast_exp2(m_run[mt][h] - base);
         float sum = 0.f;
 #pragma unroll
         for (int n = 0; n < N / 8; ++n) {
 #pragma unroll
           for (int ee = 0; ee < 2; ++ee) {
             float& x = sc[mt][n][h * 2 + ee];
-            x = pf_exp2(x - base);
+            x = fast_exp2(x - base);
             sum += x;
           }
         }
@@ -426,10 +361,10 @@ __global__ void __launch_bounds__(PrefillCfg<D>::kThreads, PrefillCfg<D>::kMinBl
       uint32_t pa[MW][4];
 #pragma unroll
       for (int mt = 0; mt < MW; ++mt) {
-        pa[mt][0] = pf_pack2<T>(sc[mt][2 * kc16][0], sc[mt][2 * kc16][1]);
-        pa[mt][1] = pf_pack2<T>(sc[mt][2 * kc16][2], sc[mt][2 * kc16][3]);
-        pa[mt][2] = pf_pack2<T>(sc[mt][2 * kc16 + 1][0], sc[mt][2 * kc16 + 1][1]);
-        pa[mt][3] = pf_pack2<T>(sc[mt][2 * kc16 + 1][2], sc[mt][2 * kc16 + 1][3]);
+        pa[mt][0] = pack2<T>(sc[mt][2 * kc16][0], sc[mt][2 * kc16][1]);
+        pa[mt][1] = pack2<T>(sc[mt][2 * kc16][2], sc[mt][2 * kc16][3]);
+        pa[mt][2] = pack2<T>(sc[mt][2 * kc16 + 1][0], sc[mt][2 * kc16 + 1][1]);
+        pa[mt][3] = pack2<T>(sc[mt][2 * kc16 + 1][2], sc[mt][2 * kc16 + 1][3]);
       }
       const int t0 = kc16 * 16;
 #pragma unroll
@@ -437,20 +372,20 @@ __global__ void __launch_bounds__(PrefillCfg<D>::kThreads, PrefillCfg<D>::kMinBl
         uint32_t b[4];
         if constexpr (vllm) {
           const int d = dp * 16 + (mi >> 1) * 8 + li, g = (t0 >> 3) + (mi & 1);
-          pf_ldsm_x4(b, vbase + (g * D + d) * 16);
+          ldsm_x4(b, vbase + (g * D + d) * 16);
         } else {
           const int t = t0 + (mi & 1) * 8 + li, c = 2 * dp + (mi >> 1);
-          pf_ldsm_x4_trans(b, vbase + (c * N + t) * 16);
+          ldsm_x4_trans(b, vbase + (c * N + t) * 16);
         }
 #pragma unroll
         for (int mt = 0; mt < MW; ++mt) {
-          pf_mma<T>(o[mt][2 * dp], pa[mt], b[0], b[1]);
-          pf_mma<T>(o[mt][2 * dp + 1], pa[mt], b[2], b[3]);
+          mma_16816<T>(o[mt][2 * dp], pa[mt], b[0], b[1]);
+          mma_16816<T>(o[mt][2 * dp + 1], pa[mt], b[2], b[3]);
         }
       }
     }
   }
-  pf_cp_async_wait<0>();
+  cp_async_wait<0>();
   __syncthreads();  // the stage buffers become the output staging area
 
   // ---- normalise, stage O [ROWS][D + 8] in shared memory, write 16-byte rows ----
@@ -470,7 +405,7 @@ __global__ void __launch_bounds__(PrefillCfg<D>::kThreads, PrefillCfg<D>::kMinBl
         for (int i = 0; i < DN; ++i) {
           const int col = i * 8 + (lane & 3) * 2;
           *reinterpret_cast<uint32_t*>(sO + r * OS + col) =
-              pf_pack2<T>(o[mt][i][h * 2] * inv, o[mt][i][h * 2 + 1] * inv);
+              pack2<T>(o[mt][i][h * 2] * inv, o[mt][i][h * 2 + 1] * inv);
         }
       }
     }
