@@ -9,7 +9,8 @@ tensor-core-bound (rate: TFLOP/s against the bf16 matmul ceiling). Both rates ar
 (`variant` says which the row's pct_ceiling uses).
 
 Variants: "eager" (Python wrappers, launches included), "graph" (the same step captured in a CUDA
-graph and replayed: the launch-free number a captured decode step sees). Baseline, timed in the same
+graph and replayed: the launch-free number a captured decode step sees); where the automatic choice is
+the "stream" path (T <= 4), also "graph gemv/small (legacy)": the tier it replaced, forced. Baseline, timed in the same
 run: a PyTorch pipeline (softmax / top-k, argsort, torch._grouped_mm for both GEMMs, index_add
 combine; a per-expert loop of matmuls where _grouped_mm is missing).
 """
@@ -56,9 +57,20 @@ def torch_moe_loop(x, logits, w13, w2, top_k):
     return out.to(x.dtype)
 
 
-def ours(x, logits, w13, w2, top_k, out):
+def ours(x, logits, w13, w2, top_k, out, tier=None):
     w, ids = ops.moe_route(logits, top_k, True)
-    return ops.fused_moe(x, w13, w2, w, ids, out=out)
+    return ops.fused_moe(x, w13, w2, w, ids, out=out, tier=tier)
+
+
+def _graphs(sets, fn):
+    graphs = []
+    for args in sets:
+        fn(*args)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            fn(*args)
+        graphs.append((g,))
+    return graphs
 
 
 def _baseline():
@@ -89,16 +101,17 @@ def run(ctx):
         case = f"{model['name']} T={num_tokens} (experts hit {hit:.0f})"
 
         t_eager = ctx.time(lambda x, lg, o: ours(x, lg, w13, w2, k, o), sets)
-        graphs = []
-        for x, lg, o in sets:
-            ours(x, lg, w13, w2, k, o)
-            g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g):
-                ours(x, lg, w13, w2, k, o)
-            graphs.append((g,))
+        graphs = _graphs(sets, lambda x, lg, o: ours(x, lg, w13, w2, k, o))
         t_graph = ctx.time(lambda g: g.replay(), graphs)
+        timings = [("graph", t_graph), ("eager", t_eager)]
+        if num_tokens * k <= ops.moe.MOE_STREAM_MAX_PAIRS and num_tokens <= 4:
+            # auto runs the "stream" path here; time the tier it replaced in the same run.
+            legacy = "gemv" if num_tokens < 4 else "small"
+            legacy_graphs = _graphs(sets, lambda x, lg, o: ours(x, lg, w13, w2, k, o, legacy))
+            timings.append((f"graph {legacy} (legacy)", ctx.time(lambda g: g.replay(), legacy_graphs)))
+            del legacy_graphs
         t_base = ctx.time(lambda x, lg, o: baseline(x, lg, w13, w2, k), sets)
-        for variant, t in (("graph", t_graph), ("eager", t_eager)):
+        for variant, t in timings:
             bw = ctx.row("fused_moe", case, dtype, t, bytes_moved=weight_bytes, baseline=t_base,
                          baseline_name=baseline_name, variant=f"{variant} GB/s")
             fl = ctx.row("fused_moe", case, dtype, t, flops=flops, baseline=t_base,

@@ -1,11 +1,15 @@
-// Launcher of fused_moe: align -> gate_up GEMM (+SiLU*up) -> down GEMM -> combine.
+// Launcher of fused_moe.
 //
-// Tier from the host-known token count T and the caller's thresholds:
-//   T < gemv_threshold            "gemv":    weight-streaming kernel, block_m 4
-//   T < prefill_threshold         "small":   mma.sync, block_m 16, block_n 128
-//   otherwise                     "prefill": mma.sync, block_m 64 or 128, block_n 128
+// Tier from the host-known token count T, pairs P = T * k and the caller's thresholds ("auto"):
+//   P <= 64 and (T < gemv_threshold or (T <= 4 and T < prefill_threshold))
+//                                 "stream":  two persistent weight-streaming kernels, no align,
+//                                            combine fused into the down kernel (stream.cuh)
+//   T < gemv_threshold            "gemv":    align -> weight-streaming GEMV x2 -> combine, block_m 4
+//   T < prefill_threshold         "small":   align -> mma.sync x2 (block_m 16, block_n 128) -> combine
+//   otherwise                     "prefill": align -> mma.sync x2 (block_m 64 or 128) -> combine
+// A forced tier runs exactly that path ("stream" falls back to "gemv" when P > 64).
 // Workspace from the caching allocator, sizes from (T, k, E, block_m) alone:
-// h [T*k, I] + y [T*k, H] activations and O(T*k + E*block_m) int32 ids. No host sync.
+// h [T*k, I] (+ y [T*k, H] and O(T*k + E*block_m) int32 ids outside "stream"). No host sync.
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <ATen/ops/empty.h>
@@ -14,21 +18,33 @@
 #include <string>
 
 #include "common/checks.h"
+#include "common/device_info.h"
 #include "common/dispatch.h"
 #include "moe/combine.cuh"
 #include "moe/moe_align_launch.h"
 #include "moe/moe_common.cuh"
+#include "moe/moe_stream_launch.h"
 #include "ops.h"
 
 namespace {
 
-enum class Tier { kGemv, kSmall, kPrefill };
+enum class Tier { kStream, kGemv, kSmall, kPrefill };
 
-Tier pick_tier(int64_t num_tokens, int64_t gemv_threshold, int64_t prefill_threshold, const std::string& tier) {
+// T <= this runs the stream path inside the small tier's range too (auto only).
+constexpr int64_t kStreamAutoMaxTokens = 4;
+
+Tier pick_tier(int64_t num_tokens, int64_t num_pairs, int64_t gemv_threshold, int64_t prefill_threshold,
+               const std::string& tier) {
+  const bool stream_ok = num_pairs <= ferrum::moe::kStreamPairLimit;
+  if (tier == "stream") return stream_ok ? Tier::kStream : Tier::kGemv;
   if (tier == "gemv") return Tier::kGemv;
   if (tier == "small") return Tier::kSmall;
   if (tier == "prefill") return Tier::kPrefill;
-  TORCH_CHECK(tier == "auto", "tier: expected 'gemv', 'small', 'prefill' or 'auto', got '", tier, "'");
+  TORCH_CHECK(tier == "auto", "tier: expected 'stream', 'gemv', 'small', 'prefill' or 'auto', got '", tier, "'");
+  if (stream_ok && (num_tokens < gemv_threshold ||
+                    (num_tokens <= kStreamAutoMaxTokens && num_tokens < prefill_threshold))) {
+    return Tier::kStream;
+  }
   if (num_tokens < gemv_threshold) return Tier::kGemv;
   if (num_tokens < prefill_threshold) return Tier::kSmall;
   return Tier::kPrefill;
@@ -75,8 +91,34 @@ void fused_moe(at::Tensor& out, const at::Tensor& hidden, const at::Tensor& w13,
   TORCH_CHECK(T * top_k < (int64_t{1} << 30), "fused_moe: too many (token, expert) pairs");
   if (T == 0) return;
 
-  const Tier t = pick_tier(T, gemv_threshold, prefill_threshold, std::string(tier));
   const int64_t P = T * top_k;
+  const Tier t = pick_tier(T, P, gemv_threshold, prefill_threshold, std::string(tier));
+  const bool bf16 = hidden.scalar_type() == at::kBFloat16;
+  TORCH_CHECK(bf16 || hidden.scalar_type() == at::kHalf, "hidden: expected dtype float16 or bfloat16, got ",
+              hidden.scalar_type());
+
+  if (t == Tier::kStream) {
+    const c10::cuda::OptionalCUDAGuard guard(hidden.device());
+    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+    const int device = hidden.get_device();
+    at::Tensor h = at::empty({P, I}, hidden.options());
+    ferrum::moe::StreamArgs sa{};
+    sa.x = hidden.data_ptr();
+    sa.w13 = w13.data_ptr();
+    sa.w2 = w2.data_ptr();
+    sa.h = h.data_ptr();
+    sa.out = out.data_ptr();
+    sa.topk_weights = topk_weights.data_ptr<float>();
+    sa.topk_ids = topk_ids.data_ptr<int>();
+    sa.num_tokens = static_cast<int>(T);
+    sa.top_k = static_cast<int>(top_k);
+    sa.num_experts = static_cast<int>(E);
+    sa.hidden = static_cast<int>(H);
+    sa.inter = static_cast<int>(I);
+    ferrum::moe::launch_stream(sa, bf16, ferrum::sm_count(device), ferrum::cc_major(device) >= 9, stream);
+    return;
+  }
+
   const int64_t block_m =
       t == Tier::kGemv ? ferrum::moe::kGemvBlockM : t == Tier::kSmall ? ferrum::moe::kSmallBlockM
                                                                       : (P >= 192 * E ? 128 : 64);
@@ -96,9 +138,6 @@ void fused_moe(at::Tensor& out, const at::Tensor& hidden, const at::Tensor& w13,
                             static_cast<int>(block_m), sorted_ids, block_expert, num_padded, stream);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 
-  const bool bf16 = hidden.scalar_type() == at::kBFloat16;
-  TORCH_CHECK(bf16 || hidden.scalar_type() == at::kHalf, "hidden: expected dtype float16 or bfloat16, got ",
-              hidden.scalar_type());
   ferrum::moe::GemmArgs args{};
   args.sorted_ids = sorted_ids;
   args.block_expert = block_expert;
@@ -107,6 +146,7 @@ void fused_moe(at::Tensor& out, const at::Tensor& hidden, const at::Tensor& w13,
   args.num_pairs = static_cast<int>(P);
   auto run_gemm = [&](bool gate_up) {
     switch (t) {
+      case Tier::kStream:  // handled above
       case Tier::kGemv: ferrum::moe::launch_gemv(args, gate_up, bf16, stream); break;
       case Tier::kSmall: ferrum::moe::launch_mma_small(args, gate_up, bf16, stream); break;
       case Tier::kPrefill:

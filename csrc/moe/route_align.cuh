@@ -21,6 +21,7 @@
 #include <cstdint>
 
 #include "common/types.cuh"
+#include "moe/moe_common.cuh"
 
 namespace ferrum::moe {
 
@@ -31,6 +32,9 @@ template <typename T, int kRoutePerLane>
 __global__ void moe_route_kernel(const T* __restrict__ logits, int64_t row_stride, int num_tokens, int num_experts,
                                  int top_k, bool renormalize, float* __restrict__ weights_out,
                                  int* __restrict__ ids_out) {
+  // A fused_moe "stream" grid launched next (programmatic dependent launch) may be scheduled now;
+  // it waits for this grid's completion before reading weights_out / ids_out.
+  pdl_launch_dependents();
   const int lane = threadIdx.x % 32;
   const int64_t token = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
   if (token >= num_tokens) return;

@@ -17,7 +17,9 @@ from ferrum_ext._extension import cuda_ops_available
 from ferrum_ext.ops._dispatch import LIB
 
 
-MOE_TIERS = (None, "auto", "gemv", "small", "prefill")
+MOE_TIERS = (None, "auto", "stream", "gemv", "small", "prefill")
+# Most (token, expert) pairs T * k that the "stream" path takes (csrc/moe/moe_stream_launch.h).
+MOE_STREAM_MAX_PAIRS = 64
 
 
 def moe_route(router_logits: torch.Tensor, top_k: int, renormalize: bool = True, *,
@@ -109,8 +111,11 @@ def fused_moe(hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_we
 
     hidden [T, H] fp16/bf16; w13 [E, 2I, H] (gate rows then up rows), w2 [E, H, I] as Hugging Face
     stores them; topk_weights [T, k] (fp32; other float types are converted); topk_ids int32 [T, k].
-    The kernel tier comes from T: T < gemv_threshold -> "gemv", T < prefill_threshold -> "small",
-    else "prefill"; `tier` forces one. Thresholds come from the caller (runtime env), never the env."""
+    The kernel tier comes from T and P = T * k: "stream" (two weight-streaming kernels, no align,
+    combine fused into the down kernel) when P <= 64 and (T < gemv_threshold or T <= 4 with
+    T < prefill_threshold); otherwise T < gemv_threshold -> "gemv", T < prefill_threshold -> "small",
+    else "prefill". `tier` forces one ("stream" with P > 64 runs "gemv"). Thresholds come from the
+    caller (runtime env), never the env."""
     _check_fused_moe(hidden, w13, w2, topk_weights, topk_ids, gemv_threshold, prefill_threshold, tier)
     if out is None:
         out = torch.empty(hidden.shape, dtype=hidden.dtype, device=hidden.device)
