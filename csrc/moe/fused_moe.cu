@@ -24,6 +24,7 @@
 #include "moe/moe_align_launch.h"
 #include "moe/moe_common.cuh"
 #include "moe/moe_stream_launch.h"
+#include "moe/pdl_launch.h"
 #include "ops.h"
 
 namespace {
@@ -115,7 +116,8 @@ void fused_moe(at::Tensor& out, const at::Tensor& hidden, const at::Tensor& w13,
     sa.num_experts = static_cast<int>(E);
     sa.hidden = static_cast<int>(H);
     sa.inter = static_cast<int>(I);
-    ferrum::moe::launch_stream(sa, bf16, ferrum::sm_count(device), ferrum::cc_major(device) >= 9, stream);
+    ferrum::moe::launch_stream(sa, bf16, ferrum::sm_count(device), stream);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
     return;
   }
 
@@ -182,10 +184,11 @@ void fused_moe(at::Tensor& out, const at::Tensor& hidden, const at::Tensor& w13,
 
   FERRUM_DISPATCH_HALF_TYPES(hidden.scalar_type(), "fused_moe", [&] {
     const int threads = static_cast<int>(std::min<int64_t>(256, (H / 8 + 31) / 32 * 32));
-    ferrum::moe::moe_combine_kernel<scalar_t><<<static_cast<unsigned>(T), threads, 0, stream>>>(
-        reinterpret_cast<scalar_t*>(out.data_ptr()), reinterpret_cast<const scalar_t*>(y.data_ptr()),
-        topk_weights.data_ptr<float>(), topk_ids.data_ptr<int>(), static_cast<int>(top_k), static_cast<int>(H),
-        static_cast<int>(E));
+    ferrum::moe::launch_pdl(ferrum::moe::moe_combine_kernel<scalar_t>, dim3(static_cast<unsigned>(T)),
+                            dim3(threads), 0, stream, reinterpret_cast<scalar_t*>(out.data_ptr()),
+                            reinterpret_cast<const scalar_t*>(y.data_ptr()), topk_weights.data_ptr<float>(),
+                            topk_ids.data_ptr<int>(), static_cast<int>(top_k), static_cast<int>(H),
+                            static_cast<int>(E));
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

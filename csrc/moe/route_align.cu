@@ -7,6 +7,7 @@
 #include "common/checks.h"
 #include "common/dispatch.h"
 #include "moe/moe_align_launch.h"
+#include "moe/pdl_launch.h"
 #include "moe/route_align.cuh"
 #include "ops.h"
 
@@ -27,8 +28,8 @@ void launch_align(const int* ids, int num_pairs, int num_experts, int block_m, i
   // Per-warp histograms in at most 48 KiB of shared memory.
   const int warps = std::clamp(12288 / num_experts - 2, 1, 32);
   const size_t smem = static_cast<size_t>(warps + 2) * num_experts * sizeof(int);
-  moe_align_kernel<<<1, warps * 32, smem, stream>>>(ids, num_pairs, num_experts, block_m, max_padded, max_tiles,
-                                                    sorted_ids, block_expert, num_padded);
+  launch_pdl(moe_align_kernel, dim3(1), dim3(warps * 32), smem, stream, ids, num_pairs, num_experts, block_m,
+             max_padded, max_tiles, sorted_ids, block_expert, num_padded);
 }
 
 }  // namespace ferrum::moe

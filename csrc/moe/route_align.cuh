@@ -114,6 +114,9 @@ __device__ __forceinline__ bool valid_expert(int e, int num_experts) { return e 
 __global__ void moe_align_kernel(const int* __restrict__ ids, int num_pairs, int num_experts, int block_m,
                                  int max_padded, int max_tiles, int* __restrict__ sorted_ids,
                                  int* __restrict__ block_expert, int* __restrict__ num_padded) {
+  // ids come from the router kernel launched just before (PDL launch, pdl_launch.h).
+  pdl_wait();
+  pdl_launch_dependents();
   extern __shared__ int smem[];
   const int nw = blockDim.x / 32;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
