@@ -10,7 +10,7 @@ tensor-core-bound (rate: TFLOP/s against the bf16 matmul ceiling). Both rates ar
 
 Variants: "eager" (Python wrappers, launches included), "graph" (the same step captured in a CUDA
 graph and replayed: the launch-free number a captured decode step sees); where the automatic choice is
-the "stream" path (T <= 4), also "graph gemv/small (legacy)": the tier it replaced, forced. Baseline, timed in the same
+the "stream" path (T <= 16), also "graph gemv/small (legacy)": the tier it replaced, forced. Baseline, timed in the same
 run: a PyTorch pipeline (softmax / top-k, argsort, torch._grouped_mm for both GEMMs, index_add
 combine; a per-expert loop of matmuls where _grouped_mm is missing).
 """
@@ -104,7 +104,7 @@ def run(ctx):
         graphs = _graphs(sets, lambda x, lg, o: ours(x, lg, w13, w2, k, o))
         t_graph = ctx.time(lambda g: g.replay(), graphs)
         timings = [("graph", t_graph), ("eager", t_eager)]
-        if num_tokens * k <= ops.moe.MOE_STREAM_MAX_PAIRS and num_tokens <= 4:
+        if num_tokens * k <= ops.moe.MOE_STREAM_MAX_PAIRS and num_tokens <= ops.moe.MOE_STREAM_AUTO_MAX_TOKENS:
             # auto runs the "stream" path here; time the tier it replaced in the same run.
             legacy = "gemv" if num_tokens < 4 else "small"
             legacy_graphs = _graphs(sets, lambda x, lg, o: ours(x, lg, w13, w2, k, o, legacy))

@@ -1,13 +1,13 @@
 // Launcher of fused_moe.
 //
 // Tier from the host-known token count T, pairs P = T * k and the caller's thresholds ("auto"):
-//   P <= 64 and (T < gemv_threshold or (T <= 4 and T < prefill_threshold))
+//   P <= 128 and (T < gemv_threshold or (T <= 16 and T < prefill_threshold))
 //                                 "stream":  two persistent weight-streaming kernels, no align,
 //                                            combine fused into the down kernel (stream.cuh)
 //   T < gemv_threshold            "gemv":    align -> weight-streaming GEMV x2 -> combine, block_m 4
 //   T < prefill_threshold         "small":   align -> mma.sync x2 (block_m 16, block_n 128) -> combine
 //   otherwise                     "prefill": align -> mma.sync x2 (block_m 64 or 128) -> combine
-// A forced tier runs exactly that path ("stream" falls back to "gemv" when P > 64).
+// A forced tier runs exactly that path ("stream" falls back to "gemv" when P > 128).
 // Workspace from the caching allocator, sizes from (T, k, E, block_m) alone:
 // h [T*k, I] (+ y [T*k, H] and O(T*k + E*block_m) int32 ids outside "stream"). No host sync.
 #include <c10/cuda/CUDAGuard.h>
@@ -32,7 +32,7 @@ namespace {
 enum class Tier { kStream, kGemv, kSmall, kPrefill };
 
 // T <= this runs the stream path inside the small tier's range too (auto only).
-constexpr int64_t kStreamAutoMaxTokens = 4;
+constexpr int64_t kStreamAutoMaxTokens = 16;
 
 Tier pick_tier(int64_t num_tokens, int64_t num_pairs, int64_t gemv_threshold, int64_t prefill_threshold,
                const std::string& tier) {

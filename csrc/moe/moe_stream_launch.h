@@ -24,7 +24,7 @@ struct StreamArgs {
 };
 
 // Most (token, expert) pairs the stream path takes (T * top_k).
-constexpr int kStreamPairLimit = 64;
+constexpr int kStreamPairLimit = 128;
 
 // gate_up then down+combine, both with programmatic dependent launch on sm_90+ (pdl_launch.h).
 void launch_stream(const StreamArgs& args, bool dtype_bf16, int num_sms, cudaStream_t stream);

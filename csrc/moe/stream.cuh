@@ -1,11 +1,11 @@
-// "stream" path of fused_moe for a handful of tokens (T * k <= 64 pairs): two persistent
+// "stream" path of fused_moe for a handful of tokens (T * k <= 128 pairs): two persistent
 // weight-streaming kernels, no moe_align, no separate combine.
 //
 //   gate_up: h[p, n] = silu(x[p / k] . w13[e, n]) * (x[p / k] . w13[e, I + n])
 //   down   : y[p, n] = h[p] . w2[e, n] (rounded to the dtype), then in the same warp
 //            out[t, n] = sum_j w[t, j] * y[t * k + j, n] in fp32, j in order (the combine).
 //
-// Slots. Every CTA derives the same table from topk_ids (one warp, <= 64 ids): the valid pairs
+// Slots. Every CTA derives the same table from topk_ids (<= 128 ids): the valid pairs
 // of one expert, in ascending p, are cut into groups of <= kStreamGroup consecutive pairs; a slot
 // is one group; slots are ordered by their first pair. A slot's weight rows are read once for all
 // its pairs (with distinct ids per token, T <= 4 gives one slot per distinct expert hit).
@@ -15,9 +15,10 @@
 //            the slots * I granules are cut into gridDim.x contiguous equal ranges (one CTA per
 //            SM), the warps of a CTA take every 8th granule of its range (adjacent warps read
 //            adjacent rows). Per lane 2 * U 16-byte streaming loads in flight (8 KB per warp).
-//   down   : granule = one output column n of H for ALL slots, so the warp holds every y[p, n]
-//            and writes out[:, n] itself: fixed-order fp32 sums, no atomics, no y workspace.
-//            Rows are loaded kDownSlots slots x kDownChunks chunks per lane at a time (6 KB per warp).
+//   down   : granule = kDownCols (2) adjacent output columns n of H for ALL slots, so the warp
+//            holds every y[p, n] and writes out[:, n] itself: fixed-order fp32 sums, no atomics, no
+//            y workspace. Per load round kDownSlots slots x kDownCols rows x kDownChunks chunks per
+//            lane (6 KB per warp); each h chunk is loaded once for both columns.
 // The down kernel is launched with programmatic dependent launch right behind gate_up (both
 // grids fit on the SMs together: 1 CTA each per SM, <= 128 registers per thread): it builds its
 // table and prefetches its first weight rows into L2 while gate_up runs, then griddepcontrol.wait
@@ -28,7 +29,8 @@
 //
 // Napkin math, Qwen3-30B-A3B (H 2048, I 768, bf16), T = 1: 8 experts * 9.44 MB = 75.5 MB of weights
 // (50.3 MB gate_up + 25.2 MB down) -> 25.5 us at 2.96 TB/s; h is 8 * 768 * 2 B, out 4 KB. T = 4:
-// ~29 experts, 274 MB -> 93 us.
+// ~29 experts, 274 MB -> 93 us. T = 16: ~82 experts, 0.77 GB -> 262 us; x (64 KB) stays in L1, h
+// (192 KB) is read once per 2 columns from L1/L2.
 #pragma once
 
 #include <type_traits>
@@ -39,12 +41,13 @@
 
 namespace ferrum::moe {
 
-constexpr int kStreamMaxPairs = kStreamPairLimit;  // T * k limit (one warp builds the table: 2 pairs per lane)
-static_assert(kStreamMaxPairs == 64, "build_slot_table handles 64 pairs");
+constexpr int kStreamMaxPairs = kStreamPairLimit;  // T * k limit: one pair per thread builds the table
 constexpr int kStreamGroup = 4;      // pairs per slot
 constexpr int kStreamWarps = 8;
+static_assert(kStreamMaxPairs <= kStreamWarps * 32 && kStreamMaxPairs % 4 == 0, "slot table build");
 constexpr int kGateUpUnroll = 8;     // 16-byte loads per weight row and lane in flight (gate_up)
-constexpr int kDownSlots = 4;        // slots per load round (down)
+constexpr int kDownSlots = 2;        // slots per load round (down)
+constexpr int kDownCols = 2;         // output columns per warp granule (down)
 constexpr int kDownChunks = 3;       // 16-byte chunks per lane and row per load round (down; I = 768: 3 * 32 * 8)
 
 
@@ -53,68 +56,69 @@ struct SlotTable {
   int expert[kStreamMaxPairs];                 // expert of slot s
   int npairs[kStreamMaxPairs];                 // 1..kStreamGroup
   int pairs[kStreamMaxPairs][kStreamGroup];    // pair ids of slot s (ascending), -1 past npairs
-  int pair_expert[kStreamMaxPairs];            // expert of pair p, -1 when its id is invalid
+  alignas(16) int pair_expert[kStreamMaxPairs];  // expert of pair p, -1 when its id is invalid
   int slot_of[kStreamMaxPairs];                // scratch: slot of a group's first pair
+  int warp_firsts[kStreamWarps];               // scratch: groups started in each warp
 };
 
-// Built by one full warp; the caller synchronises before other warps read it.
+// Built by the whole CTA (kStreamWarps * 32 threads, thread p handles pair p); ends synchronised.
+// Cost: one load of <= 128 ids, a <= P / 4 step scan of shared memory, 4 barriers.
 __device__ __forceinline__ void build_slot_table(SlotTable& st, const int* __restrict__ ids, int num_pairs,
                                                  int num_experts) {
-  const int lane = threadIdx.x % 32;
-  int e_lo = lane < num_pairs ? ids[lane] : -1;
-  int e_hi = lane + 32 < num_pairs ? ids[lane + 32] : -1;
-  if (e_lo >= num_experts) e_lo = -1;
-  if (e_hi >= num_experts) e_hi = -1;
-  if (e_lo < 0) e_lo = -1;
-  if (e_hi < 0) e_hi = -1;
+  const int p = threadIdx.x, lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  int e = -1;
+  if (p < num_pairs) {
+    e = ids[p];
+    if (e < 0 || e >= num_experts) e = -1;
+  }
+  if (p < kStreamMaxPairs) st.pair_expert[p] = e;
+  for (int i = p; i < kStreamMaxPairs * kStreamGroup; i += blockDim.x) (&st.pairs[0][0])[i] = -1;
+  __syncthreads();
   // cnt = pairs of the same expert before p (p's rank); lead = first pair of p's group of kStreamGroup.
-  int cnt_lo = 0, cnt_hi = 0, lead_lo = lane, lead_hi = lane + 32;
-  for (int q = 0; q < num_pairs; ++q) {
-    const int eq = __shfl_sync(0xffffffffu, q < 32 ? e_lo : e_hi, q % 32);
-    if (e_lo >= 0 && eq == e_lo && q < lane) {
-      if (cnt_lo % kStreamGroup == 0) lead_lo = q;
-      ++cnt_lo;
+  int cnt = 0, lead = p;
+  if (e >= 0) {
+    const int4* pe4 = reinterpret_cast<const int4*>(st.pair_expert);
+    for (int q4 = 0; q4 < p; q4 += 4) {
+      const int4 v = pe4[q4 / 4];
+      const int vs[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        if (q4 + i < p && vs[i] == e) {
+          if (cnt % kStreamGroup == 0) lead = q4 + i;
+          ++cnt;
+        }
+      }
     }
-    if (e_hi >= 0 && eq == e_hi && q < lane + 32) {
-      if (cnt_hi % kStreamGroup == 0) lead_hi = q;
-      ++cnt_hi;
-    }
   }
-  if (cnt_lo % kStreamGroup == 0) lead_lo = lane;
-  if (cnt_hi % kStreamGroup == 0) lead_hi = lane + 32;
-  const bool first_lo = e_lo >= 0 && cnt_lo % kStreamGroup == 0;
-  const bool first_hi = e_hi >= 0 && cnt_hi % kStreamGroup == 0;
-  const unsigned m_lo = __ballot_sync(0xffffffffu, first_lo), m_hi = __ballot_sync(0xffffffffu, first_hi);
-  const unsigned lt = (1u << lane) - 1u;
-  const int n_lo = __popc(m_lo);
-  for (int i = lane; i < kStreamMaxPairs * kStreamGroup; i += 32) (&st.pairs[0][0])[i] = -1;
-  st.pair_expert[lane] = e_lo;
-  st.pair_expert[lane + 32] = e_hi;
-  if (first_lo) {
-    const int s = __popc(m_lo & lt);
-    st.slot_of[lane] = s;
-    st.expert[s] = e_lo;
+  if (cnt % kStreamGroup == 0) lead = p;
+  const bool first = e >= 0 && cnt % kStreamGroup == 0;
+  const unsigned ball = __ballot_sync(0xffffffffu, first);
+  if (lane == 0) st.warp_firsts[warp] = __popc(ball);
+  __syncthreads();
+  int base = 0, num_slots = 0;
+  for (int w = 0; w < kStreamWarps; ++w) {
+    const int c = w < static_cast<int>(blockDim.x / 32) ? st.warp_firsts[w] : 0;
+    base += w < warp ? c : 0;
+    num_slots += c;
   }
-  if (first_hi) {
-    const int s = n_lo + __popc(m_hi & lt);
-    st.slot_of[lane + 32] = s;
-    st.expert[s] = e_hi;
+  if (first) {
+    const int s = base + __popc(ball & ((1u << lane) - 1u));
+    st.slot_of[p] = s;
+    st.expert[s] = e;
   }
-  __syncwarp();
-  if (e_lo >= 0) st.pairs[st.slot_of[lead_lo]][cnt_lo % kStreamGroup] = lane;
-  if (e_hi >= 0) st.pairs[st.slot_of[lead_hi]][cnt_hi % kStreamGroup] = lane + 32;
-  __syncwarp();
-  const int num_slots = n_lo + __popc(m_hi);
-  for (int s = lane; s < num_slots; s += 32) {
+  __syncthreads();
+  if (e >= 0) st.pairs[st.slot_of[lead]][cnt % kStreamGroup] = p;
+  __syncthreads();
+  if (p < num_slots) {
     int n = 0;
 #pragma unroll
-    for (int m = 0; m < kStreamGroup; ++m) n += st.pairs[s][m] >= 0 ? 1 : 0;
-    st.npairs[s] = n;
+    for (int m = 0; m < kStreamGroup; ++m) n += st.pairs[p][m] >= 0 ? 1 : 0;
+    st.npairs[p] = n;
   }
-  if (lane == 0) st.num_slots = num_slots;
+  if (p == 0) st.num_slots = num_slots;
+  __syncthreads();
 }
 
-// Two packed 16-bit values -> fp32 (bf16: a shift and a mask, no conversion instructions).
 template <typename T>
 __device__ __forceinline__ float2 unpack2(uint32_t w) {
   if constexpr (std::is_same_v<T, __nv_bfloat16>) {
@@ -158,8 +162,7 @@ __global__ void __launch_bounds__(kStreamWarps * 32, 2) moe_stream_gate_up_kerne
   // w2) is final once this grid has passed the wait above.
   pdl_launch_dependents();
   const int num_pairs = args.num_tokens * args.top_k;
-  if (threadIdx.x < 32) build_slot_table(st, args.topk_ids, num_pairs, args.num_experts);
-  __syncthreads();
+  build_slot_table(st, args.topk_ids, num_pairs, args.num_experts);
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int H = args.hidden, I = args.inter, chunks = H / 8;
@@ -221,16 +224,15 @@ __global__ void __launch_bounds__(kStreamWarps * 32, 2) moe_stream_gate_up_kerne
 
 template <typename T>
 __global__ void __launch_bounds__(kStreamWarps * 32, 2) moe_stream_down_kernel(const StreamArgs args) {
-  constexpr int SU = kDownSlots, CU = kDownChunks;
+  constexpr int SU = kDownSlots, NC = kDownCols, CU = kDownChunks;
   __shared__ SlotTable st;
-  __shared__ float pw[kStreamMaxPairs];                       // topk weight of pair p
-  __shared__ float ysm[kStreamWarps][kStreamMaxPairs];        // y[p, n] of the warp's current n
+  __shared__ float pw[kStreamMaxPairs];                        // topk weight of pair p
+  __shared__ float ysm[kStreamWarps][NC][kStreamMaxPairs];     // y[p, n] of the warp's current columns
   const int num_pairs = args.num_tokens * args.top_k;
   // Before the wait: ids and weights are final (gate_up released this grid only after its own
   // wait on the router), w2 is never written.
-  if (threadIdx.x < 32) build_slot_table(st, args.topk_ids, num_pairs, args.num_experts);
   for (int p = threadIdx.x; p < num_pairs; p += blockDim.x) pw[p] = args.topk_weights[p];
-  __syncthreads();
+  build_slot_table(st, args.topk_ids, num_pairs, args.num_experts);
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int H = args.hidden, I = args.inter, chunks = I / 8;
@@ -241,42 +243,51 @@ __global__ void __launch_bounds__(kStreamWarps * 32, 2) moe_stream_down_kernel(c
   const T* h = static_cast<const T*>(args.h);
   T* out = static_cast<T*>(args.out);
 
-  // L2 prefetch of the rows of this warp's first load round (first n, first SU slots).
-  if (n_begin + warp < n_end) {
+  // L2 prefetch of the rows of this warp's first load round (first columns, first SU slots).
+  {
     const int row_lines = I * static_cast<int>(sizeof(T)) / 128;  // I * 2 B is a multiple of 128
-    const int n = n_begin + warp;
-    const int ns = min(SU, num_slots);
-    for (int i = lane; i < ns * row_lines; i += 32) {
-      const int s = i / row_lines, l = i % row_lines;
-      const T* row = w2 + (static_cast<int64_t>(st.expert[s]) * H + n) * I;
+    const int n0 = n_begin + warp * NC;
+    const int ns = min(SU, num_slots), nc = max(0, min(NC, n_end - n0));
+    for (int i = lane; i < ns * nc * row_lines; i += 32) {
+      const int r = i / row_lines, l = i % row_lines;
+      const T* row = w2 + (static_cast<int64_t>(st.expert[r / nc]) * H + n0 + r % nc) * I;
       prefetch_l2_evict_last(reinterpret_cast<const char*>(row) + l * 128);
     }
   }
   pdl_wait();  // h is complete
   pdl_launch_dependents();
 
-  for (int n = n_begin + warp; n < n_end; n += kStreamWarps) {
+  for (int n0 = n_begin + warp * NC; n0 < n_end; n0 += kStreamWarps * NC) {
+    const int nc_live = min(NC, n_end - n0);  // 1 or NC
     for (int s0 = 0; s0 < num_slots; s0 += SU) {
-      float acc[SU][kStreamGroup];
+      float acc[SU][kStreamGroup][NC];
 #pragma unroll
       for (int su = 0; su < SU; ++su)
 #pragma unroll
-        for (int m = 0; m < kStreamGroup; ++m) acc[su][m] = 0.f;
-      const T* wrow[SU];
+        for (int m = 0; m < kStreamGroup; ++m)
 #pragma unroll
-      for (int su = 0; su < SU; ++su) {
-        const int s = min(s0 + su, num_slots - 1);
-        wrow[su] = w2 + (static_cast<int64_t>(st.expert[s]) * H + n) * I;
-      }
+          for (int c = 0; c < NC; ++c) acc[su][m][c] = 0.f;
+      const T* wrow[SU][NC];
+      bool live[SU][NC];
+#pragma unroll
+      for (int su = 0; su < SU; ++su)
+#pragma unroll
+        for (int c = 0; c < NC; ++c) {
+          const int s = min(s0 + su, num_slots - 1), n = min(n0 + c, n_end - 1);
+          wrow[su][c] = w2 + (static_cast<int64_t>(st.expert[s]) * H + n) * I;
+          live[su][c] = s0 + su < num_slots && c < nc_live;
+        }
       for (int cb = 0; cb < chunks; cb += 32 * CU) {
-        uint4 wv[SU][CU];
+        uint4 wv[SU][NC][CU];
 #pragma unroll
         for (int su = 0; su < SU; ++su)
 #pragma unroll
-          for (int ci = 0; ci < CU; ++ci) {
-            const int c = cb + ci * 32 + lane;
-            wv[su][ci] = s0 + su < num_slots && c < chunks ? ld_stream16(wrow[su] + c * 8) : make_uint4(0, 0, 0, 0);
-          }
+          for (int c = 0; c < NC; ++c)
+#pragma unroll
+            for (int ci = 0; ci < CU; ++ci) {
+              const int k = cb + ci * 32 + lane;
+              wv[su][c][ci] = live[su][c] && k < chunks ? ld_stream16(wrow[su][c] + k * 8) : make_uint4(0, 0, 0, 0);
+            }
 #pragma unroll
         for (int su = 0; su < SU; ++su) {
           const int s = s0 + su;
@@ -288,9 +299,11 @@ __global__ void __launch_bounds__(kStreamWarps * 32, 2) moe_stream_down_kernel(c
             const T* hrow = h + static_cast<int64_t>(st.pairs[s][m]) * I;
 #pragma unroll
             for (int ci = 0; ci < CU; ++ci) {
-              const int c = cb + ci * 32 + lane;
-              if (c >= chunks) continue;
-              acc[su][m] = dot8_f<T>(ld_cached16(hrow + c * 8), wv[su][ci], acc[su][m]);
+              const int k = cb + ci * 32 + lane;
+              if (k >= chunks) continue;
+              const uint4 hv = ld_cached16(hrow + k * 8);
+#pragma unroll
+              for (int c = 0; c < NC; ++c) acc[su][m][c] = dot8_f<T>(hv, wv[su][c][ci], acc[su][m][c]);
             }
           }
         }
@@ -303,20 +316,25 @@ __global__ void __launch_bounds__(kStreamWarps * 32, 2) moe_stream_down_kernel(c
 #pragma unroll
         for (int m = 0; m < kStreamGroup; ++m) {
           if (m >= np) continue;
-          const float v = warp_sum(acc[su][m]);
-          if (lane == 0) ysm[warp][st.pairs[s][m]] = to_float(from_float<T>(v));  // y rounded like the tiers
+          const int p = st.pairs[s][m];
+#pragma unroll
+          for (int c = 0; c < NC; ++c) {
+            const float v = warp_sum(acc[su][m][c]);
+            if (lane == 0) ysm[warp][c][p] = to_float(from_float<T>(v));  // y rounded like the tiers
+          }
         }
       }
     }
     __syncwarp();
     // Combine: out[t, n] = sum_j w[t, j] * y[t * k + j, n], j in order, invalid pairs skipped.
-    for (int t = lane; t < args.num_tokens; t += 32) {
+    for (int i = lane; i < args.num_tokens * nc_live; i += 32) {
+      const int t = i / nc_live, c = i % nc_live;
       float a = 0.f;
       for (int j = 0; j < args.top_k; ++j) {
         const int p = t * args.top_k + j;
-        if (st.pair_expert[p] >= 0) a = fmaf(pw[p], ysm[warp][p], a);
+        if (st.pair_expert[p] >= 0) a = fmaf(pw[p], ysm[warp][c][p], a);
       }
-      out[static_cast<int64_t>(t) * H + n] = from_float<T>(a);
+      out[static_cast<int64_t>(t) * H + n0 + c] = from_float<T>(a);
     }
     __syncwarp();
   }

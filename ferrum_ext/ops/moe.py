@@ -19,7 +19,9 @@ from ferrum_ext.ops._dispatch import LIB
 
 MOE_TIERS = (None, "auto", "stream", "gemv", "small", "prefill")
 # Most (token, expert) pairs T * k that the "stream" path takes (csrc/moe/moe_stream_launch.h).
-MOE_STREAM_MAX_PAIRS = 64
+MOE_STREAM_MAX_PAIRS = 128
+# Largest T that "auto" sends to the stream path inside the small tier's range.
+MOE_STREAM_AUTO_MAX_TOKENS = 16
 
 
 def moe_route(router_logits: torch.Tensor, top_k: int, renormalize: bool = True, *,
@@ -112,9 +114,9 @@ def fused_moe(hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_we
     hidden [T, H] fp16/bf16; w13 [E, 2I, H] (gate rows then up rows), w2 [E, H, I] as Hugging Face
     stores them; topk_weights [T, k] (fp32; other float types are converted); topk_ids int32 [T, k].
     The kernel tier comes from T and P = T * k: "stream" (two weight-streaming kernels, no align,
-    combine fused into the down kernel) when P <= 64 and (T < gemv_threshold or T <= 4 with
+    combine fused into the down kernel) when P <= 128 and (T < gemv_threshold or T <= 16 with
     T < prefill_threshold); otherwise T < gemv_threshold -> "gemv", T < prefill_threshold -> "small",
-    else "prefill". `tier` forces one ("stream" with P > 64 runs "gemv"). Thresholds come from the
+    else "prefill". `tier` forces one ("stream" with P > 128 runs "gemv"). Thresholds come from the
     caller (runtime env), never the env."""
     _check_fused_moe(hidden, w13, w2, topk_weights, topk_ids, gemv_threshold, prefill_threshold, tier)
     if out is None:

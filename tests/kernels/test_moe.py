@@ -3,7 +3,7 @@
 CPU: every input error, the references against each other, opcheck, torch.compile(fullgraph=True).
 GPU (marked gpu): every tier forced and chosen automatically over awkward token counts, skewed and
 padded routing, router ties, exact bucketing, determinism, CUDA-graph replay; the "stream" path
-(T * k <= 64: slot tables, programmatic dependent launch) with repeated experts, chained layers and
+(T * k <= 128: slot tables, programmatic dependent launch) with repeated experts, chained layers and
 back-to-back launches.
 """
 
@@ -326,7 +326,7 @@ def test_fused_moe_loop_reference_on_gpu():
     assert_rel_close(ops.fused_moe(x, w13, w2, w, ids), reference.fused_moe(x, w13, w2, w, ids))
 
 
-# ---- GPU: the "stream" path (T * k <= 64) -----------------------------------------------------------
+# ---- GPU: the "stream" path (T * k <= 128) ----------------------------------------------------------
 
 
 def _stream_case(num_tokens, num_experts, top_k, hidden, inter, routing, seed):
@@ -348,7 +348,7 @@ def _stream_case(num_tokens, num_experts, top_k, hidden, inter, routing, seed):
 
 
 @pytest.mark.parametrize("routing", ["random", "padded", "one_expert", "duplicates", "all_invalid"])
-@pytest.mark.parametrize("num_tokens", [1, 2, 3, 4])
+@pytest.mark.parametrize("num_tokens", [1, 2, 3, 4, 9, 16])
 @pytest.mark.gpu
 def test_stream_routing(num_tokens, routing):
     x, w13, w2, w, ids = _stream_case(num_tokens, 32, 8, 256, 192, routing, seed=num_tokens)
@@ -366,7 +366,7 @@ def test_stream_routing(num_tokens, routing):
 @pytest.mark.parametrize("shape", [
     (128, 8, 2048, 768),   # Qwen3-30B-A3B
     (16, 8, 4096, 1536),   # Qwen3-235B-A22B expert shape, fewer experts
-    (64, 16, 320, 64),     # k 16: T = 4 gives the 64-pair limit; H, I below one warp's chunk stride
+    (64, 16, 320, 64),     # k 16: T = 8 gives the 128-pair limit; H, I below one warp's chunk stride
     (8, 1, 192, 128),
     (128, 10, 128, 1024),  # I > 3 * 256: several chunk rounds in the down kernel
 ])
@@ -377,8 +377,8 @@ def test_stream_shapes(shape, dtype):
     g = torch.Generator(device="cuda").manual_seed(3)
     w13 = (torch.randn(num_experts, 2 * inter, hidden, device="cuda", generator=g) / math.sqrt(hidden)).to(dtype)
     w2 = (torch.randn(num_experts, hidden, inter, device="cuda", generator=g) / math.sqrt(inter)).to(dtype)
-    for num_tokens in (1, 2, 3, 4):
-        if num_tokens * top_k > 64:
+    for num_tokens in (1, 2, 3, 4, 8, 13, 16):
+        if num_tokens * top_k > ops.moe.MOE_STREAM_MAX_PAIRS:
             continue
         x = torch.randn(num_tokens, hidden, device="cuda", generator=g).to(dtype)
         w, ids = reference.moe_route(torch.randn(num_tokens, num_experts, device="cuda", generator=g), top_k, True)
@@ -388,23 +388,26 @@ def test_stream_shapes(shape, dtype):
                          what=f"stream T={num_tokens} E={num_experts} k={top_k} H={hidden} I={inter} {dtype}")
 
 
-@pytest.mark.parametrize("num_tokens,top_k", [(8, 8), (64, 1), (5, 13), (9, 8)])
+@pytest.mark.parametrize("num_tokens,top_k", [(16, 8), (128, 1), (5, 13), (17, 8), (9, 15)])
 @pytest.mark.gpu
 def test_stream_pair_limit(num_tokens, top_k):
-    """64 pairs is the largest stream case; 65 and 72 must fall back to the gemv tier (still correct)."""
+    """128 pairs is the largest stream case (k = 1: 128 tokens); 136 and 135 fall back to the gemv tier."""
     _check_fused(num_tokens, 64, top_k, 256, 128, torch.bfloat16, "stream", seed=num_tokens)
     _check_fused(num_tokens, 64, top_k, 256, 128, torch.bfloat16, "stream", "padded", seed=num_tokens)
 
 
 @pytest.mark.gpu
 def test_stream_auto_selection_matches_forced():
-    """auto picks the stream path at T <= 3 (gemv range) and T = 4 (small range): bit-identical to forcing it."""
-    for num_tokens in (1, 3, 4):
+    """auto picks the stream path at T <= 3 (gemv range) and 4 <= T <= 16 (small range): bit-identical to
+    forcing it; T = 17 stays on the small tier."""
+    for num_tokens in (1, 3, 4, 16):
         x, w13, w2, w, ids = make_moe(num_tokens, 32, 8, 256, 128, torch.bfloat16, "cuda", seed=num_tokens)
         a = ops.fused_moe(x, w13, w2, w, ids)
         b = ops.fused_moe(x, w13, w2, w, ids, tier="stream")
         assert torch.equal(a, b), f"auto != stream at T={num_tokens}"
-    # A gemv_threshold of 1 keeps T = 2, 3 out of the gemv range, but T <= 4 still streams;
+    x, w13, w2, w, ids = make_moe(17, 32, 8, 256, 128, torch.bfloat16, "cuda", seed=17)
+    assert torch.equal(ops.fused_moe(x, w13, w2, w, ids), ops.fused_moe(x, w13, w2, w, ids, tier="small"))
+    # A gemv_threshold of 1 keeps T = 2, 3 out of the gemv range, but T <= 16 still streams;
     # prefill_threshold 2 sends T = 3 to the prefill tier.
     x, w13, w2, w, ids = make_moe(3, 32, 8, 256, 128, torch.bfloat16, "cuda", seed=7)
     assert torch.equal(ops.fused_moe(x, w13, w2, w, ids, gemv_threshold=1), ops.fused_moe(x, w13, w2, w, ids,
@@ -413,7 +416,7 @@ def test_stream_auto_selection_matches_forced():
                        ops.fused_moe(x, w13, w2, w, ids, tier="prefill"))
 
 
-@pytest.mark.parametrize("num_tokens", [1, 3])
+@pytest.mark.parametrize("num_tokens", [1, 3, 16])
 @pytest.mark.gpu
 def test_stream_chained_layers_back_to_back(num_tokens):
     """Layers launched back to back (route -> stream kernels -> route ...) with each layer's output
@@ -483,7 +486,7 @@ def test_stream_many_back_to_back_calls():
     """50 stream calls in a row on fresh inputs, outputs checked after one sync (no host sync between)."""
     outs, cases = [], []
     for i in range(50):
-        x, w13, w2, w, ids = make_moe(1 + i % 3, 16, 4, 128, 64, torch.bfloat16, "cuda", seed=100 + i)
+        x, w13, w2, w, ids = make_moe(1 + (i * 7) % 16, 16, 4, 128, 64, torch.bfloat16, "cuda", seed=100 + i)
         out = poison_(torch.empty_like(x))
         ops.fused_moe(x, w13, w2, w, ids, tier="stream", out=out)
         outs.append(out)
