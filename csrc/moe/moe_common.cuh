@@ -50,10 +50,9 @@ __device__ __forceinline__ void pdl_launch_dependents() {
 #endif
 }
 
-// Fire-and-forget prefetch of the 128-byte line holding p into L2, kept ahead of evict-first lines.
-__device__ __forceinline__ void prefetch_l2_evict_last(const void* p) {
-  asm volatile("prefetch.global.L2::evict_last [%0];" ::"l"(p));
-}
+// Fire-and-forget prefetch of the 128-byte line holding p into L2 (normal priority: it outlives the
+// evict-first lines of ld.global.cs streams).
+__device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
 
 __device__ __forceinline__ uint32_t smem_u32(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));

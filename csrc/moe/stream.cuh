@@ -251,7 +251,7 @@ __global__ void __launch_bounds__(kStreamWarps * 32, 2) moe_stream_down_kernel(c
     for (int i = lane; i < ns * nc * row_lines; i += 32) {
       const int r = i / row_lines, l = i % row_lines;
       const T* row = w2 + (static_cast<int64_t>(st.expert[r / nc]) * H + n0 + r % nc) * I;
-      prefetch_l2_evict_last(reinterpret_cast<const char*>(row) + l * 128);
+      prefetch_l2(reinterpret_cast<const char*>(row) + l * 128);
     }
   }
   pdl_wait();  // h is complete
