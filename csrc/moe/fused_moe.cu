@@ -34,9 +34,9 @@ enum class Tier { kStream, kGemv, kSmall, kPrefill };
 // T <= this runs the stream path inside the small tier's range too (auto only).
 constexpr int64_t kStreamAutoMaxTokens = 16;
 
-Tier pick_tier(int64_t num_tokens, int64_t num_pairs, int64_t gemv_threshold, int64_t prefill_threshold,
+// stream_ok: the stream path takes this problem (T * k <= kStreamPairLimit, sizes in range).
+Tier pick_tier(int64_t num_tokens, bool stream_ok, int64_t gemv_threshold, int64_t prefill_threshold,
                const std::string& tier) {
-  const bool stream_ok = num_pairs <= ferrum::moe::kStreamPairLimit;
   if (tier == "stream") return stream_ok ? Tier::kStream : Tier::kGemv;
   if (tier == "gemv") return Tier::kGemv;
   if (tier == "small") return Tier::kSmall;
@@ -93,7 +93,8 @@ void fused_moe(at::Tensor& out, const at::Tensor& hidden, const at::Tensor& w13,
   if (T == 0) return;
 
   const int64_t P = T * top_k;
-  const Tier t = pick_tier(T, P, gemv_threshold, prefill_threshold, std::string(tier));
+  const bool stream_ok = P <= ferrum::moe::kStreamPairLimit && I < (int64_t{1} << 24) && H < (int64_t{1} << 24);
+  const Tier t = pick_tier(T, stream_ok, gemv_threshold, prefill_threshold, std::string(tier));
   const bool bf16 = hidden.scalar_type() == at::kBFloat16;
   TORCH_CHECK(bf16 || hidden.scalar_type() == at::kHalf, "hidden: expected dtype float16 or bfloat16, got ",
               hidden.scalar_type());

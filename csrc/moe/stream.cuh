@@ -166,14 +166,15 @@ __global__ void __launch_bounds__(kStreamWarps * 32, 2) moe_stream_gate_up_kerne
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int H = args.hidden, I = args.inter, chunks = H / 8;
-  const int64_t total = static_cast<int64_t>(st.num_slots) * I;
-  const int64_t g_begin = total * blockIdx.x / gridDim.x, g_end = total * (blockIdx.x + 1) / gridDim.x;
+  const int64_t total = static_cast<int64_t>(st.num_slots) * I;  // < 2^31: slots <= 128, I < 2^24 (checked)
+  const int g_begin = static_cast<int>(total * blockIdx.x / gridDim.x);
+  const int g_end = static_cast<int>(total * (blockIdx.x + 1) / gridDim.x);
   const T* x = static_cast<const T*>(args.x);
   const T* w13 = static_cast<const T*>(args.w13);
   T* h = static_cast<T*>(args.h);
 
-  for (int64_t g = g_begin + warp; g < g_end; g += kStreamWarps) {
-    const int s = static_cast<int>(g / I), col = static_cast<int>(g % I);
+  for (int g = g_begin + warp; g < g_end; g += kStreamWarps) {
+    const int s = g / I, col = g - s * I;
     const int np = st.npairs[s];
     const T* wg = w13 + (static_cast<int64_t>(st.expert[s]) * 2 * I + col) * H;
     const T* wu = wg + static_cast<int64_t>(I) * H;
