@@ -19,7 +19,12 @@
 namespace ferrum::moe {
 
 // Whether the current device is sm_90+ (cached per device: host attribute queries only).
+// Building with -DFERRUM_MOE_DISABLE_PDL (e.g. NVCC_APPEND_FLAGS=-DFERRUM_MOE_DISABLE_PDL) turns every
+// MoE launch into a plain launch: an A/B switch for timing and a fallback; results are identical.
 inline bool pdl_supported() {
+#ifdef FERRUM_MOE_DISABLE_PDL
+  return false;
+#endif
   constexpr int kMaxDevices = 64;
   static std::atomic<int> cache[kMaxDevices] = {};  // 0 unknown, 1 no, 2 yes
   int device = 0;
