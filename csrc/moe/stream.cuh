@@ -173,11 +173,20 @@ __global__ void __launch_bounds__(kStreamWarps * 32, 2) moe_stream_gate_up_kerne
   const T* w13 = static_cast<const T*>(args.w13);
   T* h = static_cast<T*>(args.h);
 
+  const int row_lines = H * static_cast<int>(sizeof(T)) / 128;  // H * 2 B is a multiple of 128
   for (int g = g_begin + warp; g < g_end; g += kStreamWarps) {
     const int s = g / I, col = g - s * I;
     const int np = st.npairs[s];
     const T* wg = w13 + (static_cast<int64_t>(st.expert[s]) * 2 * I + col) * H;
     const T* wu = wg + static_cast<int64_t>(I) * H;
+    if (g + kStreamWarps < g_end) {
+      // The warp's next granule into L2 while this one is loaded and reduced: keeps DRAM busy
+      // through the warp's compute phase (no registers held).
+      const int gn = g + kStreamWarps, sn = gn / I, cn = gn - sn * I;
+      const char* ng = reinterpret_cast<const char*>(w13 + (static_cast<int64_t>(st.expert[sn]) * 2 * I + cn) * H);
+      const char* nu = ng + static_cast<int64_t>(I) * H * static_cast<int>(sizeof(T));
+      for (int l = lane; l < 2 * row_lines; l += 32) prefetch_l2(l < row_lines ? ng + l * 128 : nu + (l - row_lines) * 128);
+    }
     int pr[kStreamGroup];
     const T* xr[kStreamGroup];
 #pragma unroll
@@ -245,8 +254,8 @@ __global__ void __launch_bounds__(kStreamWarps * 32, 2) moe_stream_down_kernel(c
   T* out = static_cast<T*>(args.out);
 
   // L2 prefetch of the rows of this warp's first load round (first columns, first SU slots).
+  const int row_lines = I * static_cast<int>(sizeof(T)) / 128;  // I * 2 B is a multiple of 128
   {
-    const int row_lines = I * static_cast<int>(sizeof(T)) / 128;  // I * 2 B is a multiple of 128
     const int n0 = n_begin + warp * NC;
     const int ns = min(SU, num_slots), nc = max(0, min(NC, n_end - n0));
     for (int i = lane; i < ns * nc * row_lines; i += 32) {
@@ -261,6 +270,14 @@ __global__ void __launch_bounds__(kStreamWarps * 32, 2) moe_stream_down_kernel(c
   for (int n0 = n_begin + warp * NC; n0 < n_end; n0 += kStreamWarps * NC) {
     const int nc_live = min(NC, n_end - n0);  // 1 or NC
     for (int s0 = 0; s0 < num_slots; s0 += SU) {
+      if (s0 + SU < num_slots) {  // the next round's rows into L2 (see gate_up)
+        const int ns = min(SU, num_slots - s0 - SU);
+        for (int i = lane; i < ns * nc_live * row_lines; i += 32) {
+          const int r = i / row_lines, l = i % row_lines;
+          const T* row = w2 + (static_cast<int64_t>(st.expert[s0 + SU + r / nc_live]) * H + n0 + r % nc_live) * I;
+          prefetch_l2(reinterpret_cast<const char*>(row) + l * 128);
+        }
+      }
       float acc[SU][kStreamGroup][NC];
 #pragma unroll
       for (int su = 0; su < SU; ++su)
