@@ -7,6 +7,7 @@
 #include "common/checks.h"
 #include "common/dispatch.h"
 #include "moe/moe_align_launch.h"
+#include "moe/pdl_launch.h"
 #include "moe/route_align.cuh"
 #include "ops.h"
 
@@ -27,8 +28,8 @@ void launch_align(const int* ids, int num_pairs, int num_experts, int block_m, i
   // Per-warp histograms in at most 48 KiB of shared memory.
   const int warps = std::clamp(12288 / num_experts - 2, 1, 32);
   const size_t smem = static_cast<size_t>(warps + 2) * num_experts * sizeof(int);
-  moe_align_kernel<<<1, warps * 32, smem, stream>>>(ids, num_pairs, num_experts, block_m, max_padded, max_tiles,
-                                                    sorted_ids, block_expert, num_padded);
+  launch_pdl(moe_align_kernel, dim3(1), dim3(warps * 32), smem, stream, ids, num_pairs, num_experts, block_m,
+             max_padded, max_tiles, sorted_ids, block_expert, num_padded);
 }
 
 }  // namespace ferrum::moe
@@ -60,10 +61,10 @@ void moe_route(at::Tensor& weights, at::Tensor& ids, const at::Tensor& router_lo
   const unsigned grid = static_cast<unsigned>((num_tokens + kWarps - 1) / kWarps);
   FERRUM_DISPATCH_FLOAT_TYPES(router_logits.scalar_type(), "moe_route", [&] {
     auto launch = [&](auto kernel) {
-      kernel<<<grid, kWarps * 32, 0, stream>>>(
-          reinterpret_cast<const scalar_t*>(router_logits.data_ptr()), router_logits.stride(0),
-          static_cast<int>(num_tokens), static_cast<int>(num_experts), static_cast<int>(top_k), renormalize,
-          weights.data_ptr<float>(), ids.data_ptr<int>());
+      ferrum::moe::launch_pdl(kernel, dim3(grid), dim3(kWarps * 32), 0, stream,
+                              reinterpret_cast<const scalar_t*>(router_logits.data_ptr()), router_logits.stride(0),
+                              static_cast<int>(num_tokens), static_cast<int>(num_experts), static_cast<int>(top_k),
+                              renormalize, weights.data_ptr<float>(), ids.data_ptr<int>());
     };
     if (num_experts <= 128) {
       launch(ferrum::moe::moe_route_kernel<scalar_t, 4>);

@@ -21,6 +21,7 @@
 #include <cstdint>
 
 #include "common/types.cuh"
+#include "moe/moe_common.cuh"
 
 namespace ferrum::moe {
 
@@ -31,6 +32,11 @@ template <typename T, int kRoutePerLane>
 __global__ void moe_route_kernel(const T* __restrict__ logits, int64_t row_stride, int num_tokens, int num_experts,
                                  int top_k, bool renormalize, float* __restrict__ weights_out,
                                  int* __restrict__ ids_out) {
+  // Launched with PDL (pdl_launch.h): the logits come from the kernel before. The MoE kernel
+  // launched next (PDL too) may be scheduled once every CTA has passed this point; it waits for
+  // this grid's completion before it reads weights_out / ids_out.
+  pdl_wait();
+  pdl_launch_dependents();
   const int lane = threadIdx.x % 32;
   const int64_t token = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
   if (token >= num_tokens) return;
@@ -110,6 +116,9 @@ __device__ __forceinline__ bool valid_expert(int e, int num_experts) { return e 
 __global__ void moe_align_kernel(const int* __restrict__ ids, int num_pairs, int num_experts, int block_m,
                                  int max_padded, int max_tiles, int* __restrict__ sorted_ids,
                                  int* __restrict__ block_expert, int* __restrict__ num_padded) {
+  // ids come from the router kernel launched just before (PDL launch, pdl_launch.h).
+  pdl_wait();
+  pdl_launch_dependents();
   extern __shared__ int smem[];
   const int nw = blockDim.x / 32;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
