@@ -6,7 +6,7 @@
 //                                            combine fused into the down kernel (stream.cuh)
 //   T < gemv_threshold            "gemv":    align -> weight-streaming GEMV x2 -> combine, block_m 4
 //   T < prefill_threshold         "small":   align -> mma.sync x2 (block_m 16, block_n 128) -> combine
-//   otherwise                     "prefill": on sm_90a builds and 9.x devices: the
+//   otherwise                     "prefill": P >= kSm90MinPairs on sm_90a builds and 9.x devices: the
 //                                            Hopper tier (CUTLASS grouped GEMMs, prefill_sm90.cu);
 //                                            else align -> mma.sync x2 (block_m 64 or 128) -> combine
 // A forced tier runs exactly that path ("stream" falls back to "gemv" when P > 128; "prefill_mma" /
@@ -37,6 +37,12 @@ enum class Tier { kStream, kGemv, kSmall, kPrefill, kPrefillMma, kPrefillSm90 };
 
 // T <= this runs the stream path inside the small tier's range too (auto only).
 constexpr int64_t kStreamAutoMaxTokens = 16;
+
+// "prefill" (and auto in its range) takes the Hopper tier from this many pairs P = T * k on, the
+// mma.sync tier below. From H100 measurements on Qwen3-30B-A3B (E 128, k 8, H 2048, I 768, bf16):
+// at P = 8192 (T = 1024) mma.sync was 9% faster (529 vs 580 us per layer), at P = 32768 (T = 4096)
+// the Hopper tier was 26% faster (933 vs 1264 us); 16384 sits between the two.
+constexpr int64_t kSm90MinPairs = 16384;
 
 // stream_ok: the stream path takes this problem (T * k <= kStreamPairLimit, sizes in range).
 Tier pick_tier(int64_t num_tokens, bool stream_ok, int64_t gemv_threshold, int64_t prefill_threshold,
@@ -129,8 +135,10 @@ void fused_moe(at::Tensor& out, const at::Tensor& hidden, const at::Tensor& w13,
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return;
   }
-  // Hopper prefill tier (CUTLASS grouped GEMMs, prefill_sm90.cu): "prefill" takes it where supported.
-  if (t == Tier::kPrefillSm90 || (t == Tier::kPrefill && ferrum::moe::prefill_sm90_supported(hidden.get_device()))) {
+  // Hopper prefill tier (CUTLASS grouped GEMMs, prefill_sm90.cu): "prefill" takes it where supported
+  // and P >= kSm90MinPairs.
+  if (t == Tier::kPrefillSm90 || (t == Tier::kPrefill && P >= kSm90MinPairs &&
+                                  ferrum::moe::prefill_sm90_supported(hidden.get_device()))) {
     const c10::cuda::OptionalCUDAGuard guard(hidden.device());
     ferrum::moe::fused_moe_prefill_sm90(out, hidden, w13, w2, topk_weights, topk_ids,
                                         c10::cuda::getCurrentCUDAStream());
@@ -146,15 +154,17 @@ void fused_moe(at::Tensor& out, const at::Tensor& hidden, const at::Tensor& w13,
 
   const c10::cuda::OptionalCUDAGuard guard(hidden.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  at::Tensor ints = at::empty({max_padded + max_tiles + 1}, topk_ids.options());
+  const int64_t align_ws_ints = ferrum::moe::align_workspace_ints(P, E);
+  at::Tensor ints = at::empty({max_padded + max_tiles + 1 + align_ws_ints}, topk_ids.options());
   int* sorted_ids = ints.data_ptr<int>();
   int* block_expert = sorted_ids + max_padded;
   int* num_padded = block_expert + max_tiles;
+  int* align_ws = align_ws_ints > 0 ? num_padded + 1 : nullptr;
   at::Tensor h = at::empty({P, I}, hidden.options());
   at::Tensor y = at::empty({P, H}, hidden.options());
 
   ferrum::moe::launch_align(topk_ids.data_ptr<int>(), static_cast<int>(P), static_cast<int>(E),
-                            static_cast<int>(block_m), sorted_ids, block_expert, num_padded, stream);
+                            static_cast<int>(block_m), sorted_ids, block_expert, num_padded, align_ws, stream);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 
   ferrum::moe::GemmArgs args{};

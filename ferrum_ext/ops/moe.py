@@ -22,6 +22,13 @@ MOE_TIERS = (None, "auto", "stream", "gemv", "small", "prefill", "prefill_mma", 
 MOE_STREAM_MAX_PAIRS = 128
 # Largest T that "auto" sends to the stream path inside the small tier's range.
 MOE_STREAM_AUTO_MAX_TOKENS = 16
+# Fewest pairs T * k from which "prefill" (and auto) take the Hopper tier (csrc/moe/fused_moe.cu,
+# kSm90MinPairs: from H100 measurements, the mma.sync tier is faster below).
+MOE_SM90_MIN_PAIRS = 16384
+# moe_align runs its multi-CTA kernels from this many pairs on, for E <= MOE_ALIGN_MULTI_CTA_MAX_EXPERTS
+# (csrc/moe/route_align.cuh); the one-CTA kernel otherwise. The output is the same.
+MOE_ALIGN_MULTI_CTA_MIN_PAIRS = 4096
+MOE_ALIGN_MULTI_CTA_MAX_EXPERTS = 1024
 
 
 def moe_route(router_logits: torch.Tensor, top_k: int, renormalize: bool = True, *,
@@ -119,8 +126,9 @@ def fused_moe(hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_we
     else "prefill". `tier` forces one ("stream" with P > 128 runs "gemv"). Thresholds come from the
     caller (runtime env), never the env.
     "prefill" runs the Hopper tier (CUTLASS grouped GEMMs, TMA + wgmma) on a compute capability 9.x
-    GPU when the extension was built for 9.0a, else the mma.sync tier; "prefill_mma" forces the
-    mma.sync tier, "prefill_sm90" the Hopper one (a RuntimeError where it is unavailable)."""
+    GPU when the extension was built for 9.0a and T * k >= MOE_SM90_MIN_PAIRS, else the mma.sync
+    tier; "prefill_mma" forces the mma.sync tier, "prefill_sm90" the Hopper one (a RuntimeError where
+    it is unavailable)."""
     _check_fused_moe(hidden, w13, w2, topk_weights, topk_ids, gemv_threshold, prefill_threshold, tier)
     if out is None:
         out = torch.empty(hidden.shape, dtype=hidden.dtype, device=hidden.device)

@@ -18,8 +18,8 @@ from ferrum_ext import ops, reference
 from ferrum_ext.testing import assert_rel_close, poison_, rel_error
 
 needs_ops = pytest.mark.skipif(not ferrum_ext.cuda_ops_available(), reason="ferrum_ext._C not built")
-# "prefill" is the Hopper tier (CUTLASS grouped GEMMs) on 9.x GPUs built for 9.0a, else mma.sync;
-# "prefill_mma" keeps the mma.sync tier covered everywhere.
+# "prefill" is the Hopper tier (CUTLASS grouped GEMMs) on 9.x GPUs built for 9.0a from
+# ops.moe.MOE_SM90_MIN_PAIRS pairs on, else mma.sync; "prefill_mma" keeps the mma.sync tier covered.
 TIERS = ["stream", "gemv", "small", "prefill", "prefill_mma", None]
 
 
@@ -594,9 +594,10 @@ def _kernel_names(fn):
 @pytest.mark.gpu
 @is_sm90
 def test_prefill_dispatch_on_sm90():
-    # "prefill" (and "auto" above prefill_threshold) must take the CUTLASS tier on Hopper; "prefill_mma" not.
+    # "prefill_sm90" must take the CUTLASS tier on Hopper; "prefill_mma" not.
     x, w13, w2, w, ids = make_moe(64, 16, 4, 256, 128, torch.bfloat16, "cuda")
-    for tier, want in (("prefill", True), (None, True), ("prefill_sm90", True), ("prefill_mma", False)):
+    # P = 256 < MOE_SM90_MIN_PAIRS: "prefill" and auto stay on mma.sync (test_auto_sm90_threshold covers P above).
+    for tier, want in (("prefill", False), (None, False), ("prefill_sm90", True), ("prefill_mma", False)):
         names = _kernel_names(lambda: ops.fused_moe(x, w13, w2, w, ids, tier=tier))
         got = any("cutlass" in n or "GemmUniversal" in n for n in names)
         assert got == want, f"tier={tier}: expected CUTLASS kernels {want}, launched {sorted(set(names))}"
@@ -643,3 +644,159 @@ def test_prefill_sm90_cuda_graph(num_tokens):
         torch.cuda.synchronize()
         ref = reference.fused_moe_grouped_reference(x, w13, w2, *reference.moe_route(logits, top_k, True))
         assert_rel_close(out, ref, what=f"prefill_sm90 graph replay {i} T={num_tokens}")
+
+
+# ---- GPU: multi-CTA moe_align (P >= MOE_ALIGN_MULTI_CTA_MIN_PAIRS, E <= 1024) --------------------
+#
+# count -> scan -> scatter (csrc/moe/route_align.cuh); scripts/emulate_moe_align_multi.py checks the
+# same index math on the CPU. A failure here with test_align_matches_reference_exactly passing at
+# small P points at the multi-CTA kernels.
+
+def _align_ids(num_pairs, top_k, num_experts, routing, seed):
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    num_tokens = num_pairs // top_k
+    ids = torch.randint(0, num_experts, (num_tokens, top_k), generator=g, dtype=torch.int32)
+    if routing == "skewed":  # ~70% of the pairs on expert 1, the rest random
+        ids[torch.rand(ids.shape, generator=g) < 0.7] = 1 % num_experts
+    elif routing == "invalid":  # ids < 0 and >= E are skipped
+        ids[torch.rand(ids.shape, generator=g) < 0.2] = -1
+        ids[torch.rand(ids.shape, generator=g) < 0.05] = num_experts
+    elif routing == "one_expert":
+        ids[:] = num_experts - 1
+    elif routing == "all_invalid":
+        ids[:] = -1
+    return ids.cuda()
+
+
+def _align_check(ids, num_experts, block_m, what):
+    sizes = reference.moe_align_sizes(ids.numel(), num_experts, block_m)
+    outs = tuple(poison_(torch.empty(n, dtype=torch.int32, device="cuda")) for n in (*sizes, 1))
+    got = ops.moe_align(ids, num_experts, block_m, out=outs)
+    want = reference.moe_align(ids, num_experts, block_m)
+    for name, g, w in zip(("sorted_pair_ids", "block_expert_ids", "num_padded"), got, want):
+        assert torch.equal(g, w), (f"{what}: {name} differs: first mismatch at "
+                                   f"{(g != w).nonzero()[:1].tolist()} of {g.numel()}")
+    return got
+
+
+@pytest.mark.parametrize("num_pairs,top_k", [
+    (4095, 1), (4096, 8), (4097, 1), (4098, 3), (6144, 8), (32776, 8), (131072, 8), (200003, 1),
+])
+@pytest.mark.parametrize("block_m", [1, 16, 64, 128])
+@pytest.mark.parametrize("routing", ["random", "skewed", "invalid", "one_expert"])
+@pytest.mark.gpu
+def test_align_multi_cta_matches_reference(num_pairs, top_k, block_m, routing):
+    ids = _align_ids(num_pairs, top_k, 128, routing, seed=num_pairs + block_m)
+    _align_check(ids, 128, block_m, f"P={num_pairs} E=128 block_m={block_m} routing={routing}")
+
+
+@pytest.mark.parametrize("num_experts", [1, 8, 1000, 1024])
+@pytest.mark.parametrize("block_m", [1, 128])
+@pytest.mark.parametrize("routing", ["random", "invalid", "all_invalid"])
+@pytest.mark.gpu
+def test_align_multi_cta_experts(num_experts, block_m, routing):
+    ids = _align_ids(8192, 4, num_experts, routing, seed=num_experts)
+    _align_check(ids, num_experts, block_m, f"P=8192 E={num_experts} block_m={block_m} routing={routing}")
+
+
+@pytest.mark.parametrize("block_m", [1, 16, 64, 128])
+@pytest.mark.gpu
+def test_align_multi_cta_equals_one_cta_path(block_m):
+    """The same ids through both paths: E = 1024 takes the multi-CTA kernels at P >= 4096, E = 1025
+    (> MOE_ALIGN_MULTI_CTA_MAX_EXPERTS) the one-CTA kernel; expert 1024 is never used, so the used parts
+    are identical (only the buffer sizes differ by block_m - 1)."""
+    ids = _align_ids(20000, 4, 1024, "skewed", seed=block_m)
+    multi = _align_check(ids, 1024, block_m, "multi-CTA (E=1024)")
+    one = _align_check(ids, 1025, block_m, "one-CTA (E=1025)")
+    n = int(multi[2].item())
+    assert n == int(one[2].item())
+    assert torch.equal(multi[0][:n], one[0][:n]), "sorted_pair_ids differ between the paths"
+    assert torch.equal(multi[1][: n // block_m], one[1][: n // block_m]), "block_expert_ids differ"
+    assert torch.all(multi[0][n:] == ids.numel()) and torch.all(one[0][n:] == ids.numel())
+    assert torch.all(multi[1][n // block_m:] == -1) and torch.all(one[1][n // block_m:] == -1)
+
+
+@pytest.mark.gpu
+def test_align_multi_cta_deterministic_and_graph():
+    ids = _align_ids(50000, 5, 64, "skewed", seed=1)
+    sizes = reference.moe_align_sizes(ids.numel(), 64, 64)
+    want = reference.moe_align(ids, 64, 64)
+    outs = tuple(torch.empty(n, dtype=torch.int32, device="cuda") for n in (*sizes, 1))
+    for _ in range(3):
+        got = ops.moe_align(ids, 64, 64)
+        assert all(torch.equal(g, w) for g, w in zip(got, want)), "eager run differs from the reference"
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        ops.moe_align(ids, 64, 64, out=outs)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        ops.moe_align(ids, 64, 64, out=outs)
+    for i in range(3):
+        ids.copy_(_align_ids(50000, 5, 64, "random" if i % 2 else "skewed", seed=10 + i))
+        for o in outs:
+            poison_(o)
+        graph.replay()
+        torch.cuda.synchronize()
+        want = reference.moe_align(ids, 64, 64)
+        for name, g, w in zip(("sorted_pair_ids", "block_expert_ids", "num_padded"), outs, want):
+            assert torch.equal(g, w), f"graph replay {i}: {name} differs"
+
+
+def _launched(fn):
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return [e.name for e in prof.events() if e.device_type.name == "CUDA"]
+
+
+@pytest.mark.gpu
+def test_align_path_switch():
+    lim = ops.moe.MOE_ALIGN_MULTI_CTA_MIN_PAIRS
+    for num_pairs, multi in ((lim - 1, False), (lim, True)):
+        ids = _align_ids(num_pairs, 1, 128, "random", seed=0)
+        names = " ".join(_launched(lambda: ops.moe_align(ids, 128, 16)))
+        assert ("moe_align_count_kernel" in names) == multi, f"P={num_pairs}: launched {names}"
+        assert ("moe_align_scatter_kernel" in names) == multi, f"P={num_pairs}: launched {names}"
+
+
+@pytest.mark.parametrize("tier", ["prefill_mma", "prefill_sm90", None])
+@pytest.mark.parametrize("routing", ["random", "padded", "one_expert"])
+@pytest.mark.gpu
+def test_fused_moe_multi_cta_align(tier, routing):
+    # P = 4500 * 4 = 18000 >= both switches: multi-CTA align in every prefill tier, and auto on sm90 takes
+    # the Hopper tier (gather by token, grouped combine).
+    if tier == "prefill_sm90" and torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("needs a compute capability 9.x GPU")
+    _check_fused(4500, 16, 4, 256, 128, torch.bfloat16, tier, routing, seed=4500)
+
+
+@pytest.mark.gpu
+@is_sm90
+def test_auto_sm90_threshold():
+    """"prefill" and auto take the Hopper tier from MOE_SM90_MIN_PAIRS pairs on (H100 measurements: the
+    mma.sync tier is faster below), forced tiers whatever P; results agree with the reference."""
+    lim = ops.moe.MOE_SM90_MIN_PAIRS
+    for num_tokens, top_k, want in ((lim - 1, 1, False), (lim, 1, True), (lim // 8 - 1, 8, False),
+                                    (lim // 8, 8, True)):
+        x, w13, w2, w, ids = make_moe(num_tokens, 16, top_k, 64, 64, torch.bfloat16, "cuda", seed=num_tokens)
+        ref = reference.fused_moe_grouped_reference(x, w13, w2, w, ids)
+        for tier, expect in ((None, want), ("prefill", want), ("prefill_mma", False), ("prefill_sm90", True)):
+            out = poison_(torch.empty_like(x))
+            names = _launched(lambda: ops.fused_moe(x, w13, w2, w, ids, tier=tier, out=out))
+            got = any("cutlass" in n or "GemmUniversal" in n for n in names)
+            assert got == expect, f"T={num_tokens} k={top_k} tier={tier}: CUTLASS launched {got}, expected {expect}"
+            assert_rel_close(out, ref, what=f"T={num_tokens} k={top_k} tier={tier}")
+
+
+@pytest.mark.parametrize("routing", ["random", "padded", "one_expert"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.gpu
+@is_sm90
+def test_prefill_sm90_gather_by_token_odd_shapes(routing, dtype):
+    # H = 320 (40 16-byte chunks: a partial round of 128 per warp), H = 4160 (520 chunks: 4 full rounds +
+    # a partial one), k = 3, 13; T not a multiple of the 8 tokens per CTA.
+    _check_fused(1001, 32, 3, 320, 192, dtype, "prefill_sm90", routing, seed=1)
+    _check_fused(203, 16, 13, 4160, 64, dtype, "prefill_sm90", routing, seed=2)
