@@ -106,6 +106,31 @@ def test_route_reference_semantics():
     torch.testing.assert_close(w, torch.full((2, 2), 0.5))
 
 
+def _load_align_emulation():
+    import importlib.util
+    import pathlib
+    path = pathlib.Path(__file__).resolve().parents[2] / "scripts" / "emulate_moe_align_multi.py"
+    spec = importlib.util.spec_from_file_location("emulate_moe_align_multi", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("num_pairs,num_experts,block_m", [
+    (4096, 8, 16), (4097, 3, 1), (5000, 128, 128), (9000, 64, 64), (20000, 16, 1),
+])
+def test_align_multi_cta_emulation_cpu(num_pairs, num_experts, block_m):
+    """The multi-CTA moe_align's index math (scripts/emulate_moe_align_multi.py, step for step with
+    route_align.cuh) reproduces reference.moe_align, and its constants match the wrapper's."""
+    emu = _load_align_emulation()
+    assert emu.MIN_PAIRS == ops.moe.MOE_ALIGN_MULTI_CTA_MIN_PAIRS
+    assert emu.MAX_EXPERTS == ops.moe.MOE_ALIGN_MULTI_CTA_MAX_EXPERTS
+    g = torch.Generator().manual_seed(num_pairs)
+    ids = torch.randint(-1, num_experts + 1, (num_pairs,), generator=g)
+    ids[torch.rand(num_pairs, generator=g) < 0.5] = 0  # skewed
+    emu.check(ids.tolist(), num_experts, block_m)
+
+
 def test_align_reference_layout():
     ids = torch.tensor([[2, 0], [2, -1], [0, 2], [5, 2]], dtype=torch.int32)  # 5 >= E: skipped
     sorted_ids, block_expert, num_padded = reference.moe_align(ids, 4, 4)
