@@ -316,7 +316,7 @@ def test_fused_moe_deterministic_and_row_independent(tier):
     assert torch.equal(a[0], c[0]), "row 0 changed when the other rows changed"
 
 
-@pytest.mark.parametrize("num_tokens", [1, 8, 64])
+@pytest.mark.parametrize("num_tokens", [1, 8, 64, 1100])  # 1100 * 4 pairs: multi-CTA moe_align
 @pytest.mark.gpu
 def test_fused_moe_cuda_graph(num_tokens):
     num_experts, top_k, hidden, inter = 32, 4, 256, 128
@@ -639,7 +639,7 @@ def test_prefill_sm90_unavailable_elsewhere():
                      reference.fused_moe_grouped_reference(x, w13, w2, w, ids))
 
 
-@pytest.mark.parametrize("num_tokens", [40, 600])
+@pytest.mark.parametrize("num_tokens", [40, 600, 1500])  # 1500 * 4 pairs: multi-CTA moe_align
 @pytest.mark.gpu
 @is_sm90
 def test_prefill_sm90_cuda_graph(num_tokens):
