@@ -10,7 +10,10 @@ tensor-core-bound (rate: TFLOP/s against the bf16 matmul ceiling). Both rates ar
 
 Variants: "eager" (Python wrappers, launches included), "graph" (the same step captured in a CUDA
 graph and replayed: the launch-free number a captured decode step sees); on Hopper, for T >= 256, also
-"graph ..., tier prefill_mma" (the mma.sync prefill tier, where "auto" takes the CUTLASS tier). Baseline, timed in the same
+"graph ..., tier prefill_mma" and "..., tier prefill_sm90" (both prefill tiers forced: "auto" takes the CUTLASS
+tier from T*k >= ops.moe.MOE_SM90_MIN_PAIRS); where the
+automatic choice is the "stream" path (T <= 16), also "graph gemv/small (legacy)": the tier it replaced, forced.
+Baseline, timed in the same
 run: a PyTorch pipeline (softmax / top-k, argsort, torch._grouped_mm for both GEMMs, index_add
 combine; a per-expert loop of matmuls where _grouped_mm is missing).
 """
@@ -92,6 +95,17 @@ def kernel_breakdown(fn, iters: int = 3) -> str:
     return ", ".join(parts) + f" | sum {total:.1f} us"
 
 
+def _graphs(sets, fn):
+    graphs = []
+    for args in sets:
+        fn(*args)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            fn(*args)
+        graphs.append((g,))
+    return graphs
+
+
 def _baseline():
     try:
         x = torch.randn(8, 64, device="cuda", dtype=torch.bfloat16)
@@ -120,45 +134,42 @@ def run(ctx):
         case = f"{model['name']} T={num_tokens} (experts hit {hit:.0f})"
 
         t_eager = ctx.time(lambda x, lg, o: ours(x, lg, w13, w2, k, o), sets)
-        graphs = []
-        for x, lg, o in sets:
-            ours(x, lg, w13, w2, k, o)
-            g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g):
-                ours(x, lg, w13, w2, k, o)
-            graphs.append((g,))
+        graphs = _graphs(sets, lambda x, lg, o: ours(x, lg, w13, w2, k, o))
         t_graph = ctx.time(lambda g: g.replay(), graphs)
-        t_mma = None
+        forced = []  # (tier, seconds): both prefill tiers forced, to check the auto threshold
         if num_tokens >= 256 and torch.cuda.get_device_capability()[0] == 9:
-            # The mma.sync prefill tier, for comparison with the Hopper tier that "auto" picks here.
-            mma_graphs = []
-            for x, lg, o in sets:
-                ours(x, lg, w13, w2, k, o, "prefill_mma")
-                g = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(g):
-                    ours(x, lg, w13, w2, k, o, "prefill_mma")
-                mma_graphs.append((g,))
-            t_mma = ctx.time(lambda g: g.replay(), mma_graphs)
-            del mma_graphs
+            # "auto" takes the Hopper tier from ops.moe.MOE_SM90_MIN_PAIRS pairs, mma.sync below.
+            for tier in ("prefill_mma", "prefill_sm90"):
+                tier_graphs = _graphs(sets, lambda x, lg, o: ours(x, lg, w13, w2, k, o, tier))
+                forced.append((tier, ctx.time(lambda g: g.replay(), tier_graphs)))
+                del tier_graphs
         if num_tokens >= 1024:
             x, lg, o = sets[0]
-            tiers = ["auto", "prefill_mma"] if torch.cuda.get_device_capability()[0] == 9 else ["auto"]
+            hopper = torch.cuda.get_device_capability()[0] == 9
+            tiers = ["auto", "prefill_mma", "prefill_sm90"] if hopper else ["auto"]
             for tier in tiers:
                 try:
                     line = kernel_breakdown(lambda: ours(x, lg, w13, w2, k, o, tier))
                 except Exception as exc:  # the profiler is a diagnostic only
                     line = f"unavailable ({type(exc).__name__}: {exc})"
                 print(f"fused_moe kernels, {case}, tier {tier}: {line}", flush=True)
+        timings = [("graph", t_graph), ("eager", t_eager)]
+        if num_tokens * k <= ops.moe.MOE_STREAM_MAX_PAIRS and num_tokens <= ops.moe.MOE_STREAM_AUTO_MAX_TOKENS:
+            # auto runs the "stream" path here; time the tier it replaced in the same run.
+            legacy = "gemv" if num_tokens < 4 else "small"
+            legacy_graphs = _graphs(sets, lambda x, lg, o: ours(x, lg, w13, w2, k, o, legacy))
+            timings.append((f"graph {legacy} (legacy)", ctx.time(lambda g: g.replay(), legacy_graphs)))
+            del legacy_graphs
         t_base = ctx.time(lambda x, lg, o: baseline(x, lg, w13, w2, k), sets)
-        for variant, t in (("graph", t_graph), ("eager", t_eager)):
+        for variant, t in timings:
             bw = ctx.row("fused_moe", case, dtype, t, bytes_moved=weight_bytes, baseline=t_base,
                          baseline_name=baseline_name, variant=f"{variant} GB/s")
             fl = ctx.row("fused_moe", case, dtype, t, flops=flops, baseline=t_base,
                          baseline_name=baseline_name, variant=f"{variant} TFLOP/s")
             rows += [bw, fl]
-        if t_mma is not None:
-            rows.append(ctx.row("fused_moe", case, dtype, t_mma, flops=flops, baseline=t_base,
-                                baseline_name=baseline_name, variant="graph TFLOP/s, tier prefill_mma"))
+        for tier, t in forced:
+            rows.append(ctx.row("fused_moe", case, dtype, t, flops=flops, baseline=t_base,
+                                baseline_name=baseline_name, variant=f"graph TFLOP/s, tier {tier}"))
         del w13, w2, sets, graphs
         torch.cuda.empty_cache()
     return rows

@@ -60,7 +60,7 @@ def target_rows(rows):
         need = 2700 if dtype == "float32" else 0
         out.append((f"greedy_argmax {dtype}", r, (">= 2.7 TB/s, " if need else "") + ">= 1.5x torch",
                     r["value"] >= need and r["speedup"] >= 1.5))
-    for tokens, us in ((1, 35), (16, 280), (64, 420), (1024, 500)):
+    for tokens, us in ((1, 35), (4, 99), (16, 280), (64, 420), (256, 446), (1024, 500)):
         r = find(rows, "fused_moe", f"Qwen3-30B-A3B T={tokens} ", variant="graph GB/s")
         out.append(("router + fused_moe bf16", r, f"<= {us} us", r["us"] <= us))
     r = find(rows, "fused_moe", "Qwen3-30B-A3B T=4096", variant="graph TFLOP/s")

@@ -76,15 +76,18 @@ def sampling():
 
 def moe():
     for dtype in (torch.bfloat16, torch.float16):
-        for tokens in (1, 5, 40, 300):
+        for tokens in (1, 3, 5, 40, 300, 1500):  # 1500 * 3 pairs: the multi-CTA moe_align
             x = torch.randn(tokens, 192, device="cuda", dtype=dtype)
             w13 = torch.randn(16, 256, 192, device="cuda", dtype=dtype) * 0.05
             w2 = torch.randn(16, 192, 128, device="cuda", dtype=dtype) * 0.05
             w, ids = ops.moe_route(torch.randn(tokens, 16, device="cuda"), 3, True)
             ids[::3, 1] = -1
-            for tier in ("gemv", "small", "prefill", "prefill_mma"):  # prefill: the CUTLASS tier on Hopper
+            for tier in ("stream", "gemv", "small", "prefill", "prefill_mma", "prefill_sm90"):
+                if tier == "prefill_sm90" and torch.cuda.get_device_capability()[0] != 9:
+                    continue
                 ops.fused_moe(x, w13, w2, w, ids, tier=tier)
-            ops.moe_align(ids, 16, 16)
+            for block_m in (1, 16, 128):
+                ops.moe_align(ids, 16, block_m)
 
 
 FAMILIES = [layers, attention, sampling, moe]

@@ -2,16 +2,19 @@
 //   out[t, :] = sum_{j = 0..k-1, ids[t, j] valid} weights[t, j] * y[t * k + j, :]
 // in fp32, in fixed j order, one CTA per token: no atomics, so a row's result is
 // bit-identical run to run and independent of the batch's other rows.
-// Bytes: T * k * H * sizeof(T) read + T * H * sizeof(T) written.
+// Bytes: T * k * H * sizeof(T) read + T * H * sizeof(T) written. Launched with PDL (pdl_launch.h).
 #pragma once
 
 #include "common/types.cuh"
+#include "moe/moe_common.cuh"
 
 namespace ferrum::moe {
 
 template <typename T>
 __global__ void moe_combine_kernel(T* __restrict__ out, const T* __restrict__ y, const float* __restrict__ weights,
                                    const int* __restrict__ ids, int top_k, int hidden, int num_experts) {
+  pdl_wait();  // y comes from the down GEMM launched just before (PDL)
+  pdl_launch_dependents();
   const int64_t t = blockIdx.x;
   const int chunks = hidden / 8;
   for (int c = threadIdx.x; c < chunks; c += blockDim.x) {

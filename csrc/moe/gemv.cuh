@@ -31,6 +31,8 @@ template <typename T, bool GATE_UP, int ROWS, int UNROLL>
 __global__ void __launch_bounds__(kGemvWarps * 32) moe_gemv_kernel(const GemmArgs args) {
   constexpr int M = kGemvBlockM;
   constexpr int WR = GATE_UP ? 2 * ROWS : ROWS;  // weight rows per warp
+  pdl_wait();  // tiles from moe_align, activations from the previous GEMM (PDL launch, pdl_launch.h)
+  pdl_launch_dependents();
   const int tile = blockIdx.y;
   if (tile * M >= __ldg(args.num_padded)) return;
   const int expert = __ldg(args.block_expert + tile);

@@ -18,6 +18,7 @@
 
 #include "common/types.cuh"
 #include "moe/moe_common.cuh"
+#include "moe/pdl_launch.h"
 
 namespace ferrum::moe {
 
@@ -36,10 +37,18 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32, MIN_BLOCKS) moe_mma_ke
   static_assert(WM % 16 == 0 && WN % 16 == 0, "warp tile must be a multiple of 16 x 16");
   static_assert(A_ITERS >= 1 && (BM * 8) % THREADS == 0 && (BN * 8) % THREADS == 0, "load split");
 
+  // PDL (pdl_launch.h): gate_up waits for moe_align at once. down reads the tile map (moe_align,
+  // final once gate_up passed its wait) and starts its weight loads before waiting for h.
+  if constexpr (GATE_UP) {
+    pdl_wait();
+    pdl_launch_dependents();
+  }
   const int tile = blockIdx.y;
-  if (tile * BM >= __ldg(args.num_padded)) return;
-  const int expert = __ldg(args.block_expert + tile);
-  if (expert < 0) return;
+  const int expert = tile * BM < __ldg(args.num_padded) ? __ldg(args.block_expert + tile) : -1;
+  if (expert < 0) {
+    if constexpr (!GATE_UP) pdl_wait();  // every thread waits before it exits
+    return;
+  }
 
   extern __shared__ uint4 smem_raw[];
   T* sA = reinterpret_cast<T*>(smem_raw);
@@ -88,20 +97,42 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32, MIN_BLOCKS) moe_mma_ke
   }
 
   const int num_kt = args.k / BK;
-  auto load_stage = [&](int stage, int kt) {
+  auto load_a = [&](int stage, int kt) {
     T* dA = sA + stage * BM * BK;
+#pragma unroll
+    for (int i = 0; i < A_ITERS; ++i) cp_async16(dA + a_off[i], a_src[i] + kt * BK, a_ok[i]);
+  };
+  auto load_b = [&](int stage, int kt) {
     T* dB = sB + stage * BN * BK;
-    const int koff = kt * BK;
 #pragma unroll
-    for (int i = 0; i < A_ITERS; ++i) cp_async16(dA + a_off[i], a_src[i] + koff, a_ok[i]);
-#pragma unroll
-    for (int i = 0; i < B_ITERS; ++i) cp_async16(dB + b_off[i], b_src[i] + koff, b_ok[i]);
+    for (int i = 0; i < B_ITERS; ++i) cp_async16(dB + b_off[i], b_src[i] + kt * BK, b_ok[i]);
+  };
+  auto load_stage = [&](int stage, int kt) {
+    load_a(stage, kt);
+    load_b(stage, kt);
   };
 
+  if constexpr (GATE_UP) {
 #pragma unroll
-  for (int s = 0; s < STAGES - 1; ++s) {
-    if (s < num_kt) load_stage(s, s);
-    cp_async_commit();
+    for (int s = 0; s < STAGES - 1; ++s) {
+      if (s < num_kt) load_stage(s, s);
+      cp_async_commit();
+    }
+  } else {
+    // Weights of the first stages before the wait (they overlap the gate_up GEMM's tail), h after.
+    // Commit group s holds A of stage s (and group 0 all the early B), so waiting for group s
+    // still covers stage s.
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s) {
+      if (s < num_kt) load_b(s, s);
+    }
+    pdl_wait();
+    pdl_launch_dependents();
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s) {
+      if (s < num_kt) load_a(s, s);
+      cp_async_commit();
+    }
   }
 
   float acc[MI][NI][4];
@@ -190,7 +221,7 @@ void launch_mma_config(const GemmArgs& args, cudaStream_t stream) {
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   const int cols_per_cta = GATE_UP ? BN / 2 : BN;
   const dim3 grid((args.n_out + cols_per_cta - 1) / cols_per_cta, args.num_tiles);
-  kernel<<<grid, WARPS_M * WARPS_N * 32, smem, stream>>>(args);
+  launch_pdl(kernel, grid, dim3(WARPS_M * WARPS_N * 32), smem, stream, args);
 }
 
 }  // namespace ferrum::moe

@@ -2,6 +2,7 @@
 #include <cuda_runtime.h>
 
 #include "moe/gemv.cuh"
+#include "moe/pdl_launch.h"
 
 namespace ferrum::moe {
 
@@ -13,7 +14,7 @@ void launch(const GemmArgs& args, cudaStream_t stream) {
   constexpr int ROWS = GATE_UP ? 1 : 2;
   constexpr int UNROLL = GATE_UP ? 8 : 4;
   const dim3 grid((args.n_out + kGemvWarps * ROWS - 1) / (kGemvWarps * ROWS), args.num_tiles);
-  moe_gemv_kernel<T, GATE_UP, ROWS, UNROLL><<<grid, kGemvWarps * 32, 0, stream>>>(args);
+  launch_pdl(moe_gemv_kernel<T, GATE_UP, ROWS, UNROLL>, grid, dim3(kGemvWarps * 32), 0, stream, args);
 }
 }  // namespace
 

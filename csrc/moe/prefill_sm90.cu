@@ -11,7 +11,8 @@
 // P = T * k. Sizes of every launch come from (T, k, E, H, I) alone; the per-expert row counts
 // stay on the device (grouped GEMM shapes are written there by a kernel), so the step is
 // capturable in a CUDA graph and never syncs. Workspace from the caching allocator:
-// P*(H + 3I) activations + (3P + E + 2) int32 + two small GEMM scratch buffers.
+// P*(H + 3I) activations + (3P + E + 2) int32 (+ the multi-CTA align's (CTAs + 3) * E at P >= 4096)
+// + two small GEMM scratch buffers.
 // Extra traffic against the mma.sync tier: the gather (P*H written) and the gu round trip
 // (P*2I written + read): ~0.3 GB at T = 4096 on Qwen3-30B-A3B, ~0.1 ms.
 #include <c10/cuda/CUDAGuard.h>
@@ -51,6 +52,10 @@ bool prefill_sm90_supported(int device) { return grouped_gemm_sm90_built() && fe
 
 namespace {
 
+// Gather in token order (each hidden row read once; moe_gather_tokens_kernel) instead of sorted-row
+// order (moe_gather_rows_kernel, the GPU-verified original): flip to false to A/B or fall back.
+constexpr bool kGatherByToken = true;
+
 // Runs one grouped GEMM with its own scratch from the caching allocator.
 void run_grouped_gemm(const GroupedGemmSm90Args& args, bool bf16, const at::Tensor& like, cudaStream_t stream) {
   const size_t bytes = grouped_gemm_sm90_scratch_bytes(args, bf16);
@@ -77,33 +82,46 @@ void fused_moe_prefill_sm90(at::Tensor& out, const at::Tensor& hidden, const at:
   TORCH_CHECK(bf16 || hidden.scalar_type() == at::kHalf, "hidden: expected dtype float16 or bfloat16, got ",
               hidden.scalar_type());
 
-  // int32: sorted [P] | block_expert [P] | num_valid [1] | inv [P] | offsets [E + 1]
-  at::Tensor ints = at::empty({3 * P + E + 2}, topk_ids.options());
+  // int32: sorted [P] | block_expert [P] | num_valid [1] | inv [P] | offsets [E + 1] | align workspace
+  const int64_t align_ws_ints = align_workspace_ints(P, E);
+  at::Tensor ints = at::empty({3 * P + E + 2 + align_ws_ints}, topk_ids.options());
   int* sorted_ids = ints.data_ptr<int>();
   int* block_expert = sorted_ids + P;
   int* num_valid = block_expert + P;
   int* inv = num_valid + 1;
   int* offsets = inv + P;
+  int* align_ws = align_ws_ints > 0 ? offsets + E + 1 : nullptr;
   at::Tensor xs = at::empty({P, H}, hidden.options());  // gathered rows; later ys
   at::Tensor gu = at::empty({P, 2 * I}, hidden.options());
   at::Tensor h = at::empty({P, I}, hidden.options());
 
-  // block_m = 1: align_max_padded = align_max_tiles = P, no padding rows.
+  // block_m = 1: align_max_padded = align_max_tiles = P, no padding rows. Launched with PDL (it waits
+  // for its predecessor before reading ids); every kernel below is a plain launch, so each starts only
+  // after the one before completed.
   launch_align(topk_ids.data_ptr<int>(), static_cast<int>(P), static_cast<int>(E), 1, sorted_ids, block_expert,
-               num_valid, stream);
+               num_valid, align_ws, stream);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   {
     const int threads = 256;
-    const int blocks = static_cast<int>(std::min<int64_t>((E + 1 + threads - 1) / threads, 64));
-    moe_expert_offsets_kernel<<<blocks, threads, 0, stream>>>(block_expert, num_valid, static_cast<int>(E), offsets);
+    const int blocks = static_cast<int>(std::min<int64_t>((std::max(P, E + 1) + threads - 1) / threads, 1024));
+    moe_expert_offsets_kernel<<<blocks, threads, 0, stream>>>(block_expert, num_valid, static_cast<int>(E), offsets,
+                                                              sorted_ids, inv);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   const unsigned row_blocks = static_cast<unsigned>((P + kRowsPerCta - 1) / kRowsPerCta);
 
   FERRUM_DISPATCH_HALF_TYPES(hidden.scalar_type(), "fused_moe", [&] {
-    moe_gather_rows_kernel<scalar_t><<<row_blocks, kRowsPerCta * 32, 0, stream>>>(
-        reinterpret_cast<const scalar_t*>(hidden.data_ptr()), static_cast<int>(H), static_cast<int>(top_k),
-        sorted_ids, num_valid, reinterpret_cast<scalar_t*>(xs.data_ptr()), inv);
+    if (kGatherByToken) {
+      moe_gather_tokens_kernel<scalar_t><<<static_cast<unsigned>((T + kRowsPerCta - 1) / kRowsPerCta),
+                                           kRowsPerCta * 32, 0, stream>>>(
+          reinterpret_cast<const scalar_t*>(hidden.data_ptr()), static_cast<int>(T), static_cast<int>(H),
+          static_cast<int>(top_k), static_cast<int>(E), topk_ids.data_ptr<int>(), inv,
+          reinterpret_cast<scalar_t*>(xs.data_ptr()));
+    } else {
+      moe_gather_rows_kernel<scalar_t><<<row_blocks, kRowsPerCta * 32, 0, stream>>>(
+          reinterpret_cast<const scalar_t*>(hidden.data_ptr()), static_cast<int>(H), static_cast<int>(top_k),
+          sorted_ids, num_valid, reinterpret_cast<scalar_t*>(xs.data_ptr()), inv);
+    }
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 

@@ -5,11 +5,16 @@
 // in use (pairs with ids outside [0, E) are not listed).
 //
 //   offsets: offsets[e] = lower bound of e in block_expert[0 : num_valid]; O(E log P).
-//   gather:  xs[i] = hidden[sorted[i] / k], inv[sorted[i]] = i.  Bytes: P*H*e read (L2-friendly:
-//            each token row is read k times) + P*H*e written; 30B T=4096: 134 MB out.
+//   inverse: inv[sorted[i]] = i for i < num_valid (P*8 bytes; folded into the offsets kernel).
+//   gather:  by token (moe_gather_tokens_kernel): one warp per token t reads hidden[t] once and
+//            writes it to xs[inv[t*k + j]] for each valid j. Bytes: T*H*e read + P*H*e written;
+//            30B T=16384: 67 MB in, 268 MB out. (The row-order kernel, moe_gather_rows_kernel, kept
+//            for an A/B switch in prefill_sm90.cu, reads hidden k times in expert order: T*H*e = 67 MB
+//            does not stay in the 50 MB L2, so it read ~P*H*e from DRAM: 340 us at T=16384.)
 //   silu:    h[i] = silu(gu[i, :I]) * gu[i, I:] in fp32, rounded once. P*3I*e bytes.
 //   combine: out[t] = sum_j w[t, j] * ys[inv[t*k + j]] (valid ids only), fp32, fixed j order,
-//            one CTA per token: deterministic and row-independent like combine.cuh.
+//            4 row loads in flight per thread, one CTA per token: deterministic and row-independent
+//            like combine.cuh.
 #pragma once
 
 #include "common/types.cuh"
@@ -20,9 +25,17 @@ namespace ferrum::moe {
 // Rows handled by one CTA of the row kernels (one warp per row).
 constexpr int kRowsPerCta = 8;
 
+// Threads e <= E write offsets[e]; with inv != nullptr the grid also writes inv[sorted[i]] = i for
+// i < num_valid (grid-stride; inv entries of invalid pairs stay unset: nothing reads them).
 __global__ void moe_expert_offsets_kernel(const int* __restrict__ block_expert, const int* __restrict__ num_valid,
-                                          int num_experts, int* __restrict__ offsets) {
+                                          int num_experts, int* __restrict__ offsets,
+                                          const int* __restrict__ sorted_ids, int* __restrict__ inv) {
   const int n = __ldg(num_valid);
+  if (inv != nullptr) {
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+      inv[__ldg(sorted_ids + i)] = i;
+    }
+  }
   for (int e = blockIdx.x * blockDim.x + threadIdx.x; e <= num_experts; e += gridDim.x * blockDim.x) {
     int lo = 0, hi = n;
     if (e == num_experts) {
@@ -63,6 +76,38 @@ __global__ void __launch_bounds__(kRowsPerCta * 32) moe_gather_rows_kernel(
   for (; c < chunks; c += 32) dst[c] = __ldg(src + c);
 }
 
+// One warp per token (kRowsPerCta tokens per CTA): hidden[t] is read once, in rounds of 4 16-byte
+// chunks per lane (2 KB per warp in flight), and each round is stored to the k sorted rows of t.
+// inv comes from moe_expert_offsets_kernel; pairs with ids outside [0, E) have no sorted row.
+template <typename T>
+__global__ void __launch_bounds__(kRowsPerCta * 32) moe_gather_tokens_kernel(
+    const T* __restrict__ hidden, int num_tokens, int hidden_size, int top_k, int num_experts,
+    const int* __restrict__ ids, const int* __restrict__ inv, T* __restrict__ xs) {
+  const int t = blockIdx.x * kRowsPerCta + threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (t >= num_tokens) return;
+  const uint4* src = reinterpret_cast<const uint4*>(hidden + static_cast<int64_t>(t) * hidden_size);
+  const int chunks = hidden_size / 8;
+  for (int c0 = 0; c0 < chunks; c0 += 128) {
+    uint4 v[4];
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      const int c = c0 + q * 32 + lane;
+      if (c < chunks) v[q] = __ldg(src + c);
+    }
+    for (int j = 0; j < top_k; ++j) {
+      const int64_t p = static_cast<int64_t>(t) * top_k + j;
+      const int e = __ldg(ids + p);
+      if (e < 0 || e >= num_experts) continue;
+      uint4* dst = reinterpret_cast<uint4*>(xs + static_cast<int64_t>(__ldg(inv + p)) * hidden_size);
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        const int c = c0 + q * 32 + lane;
+        if (c < chunks) dst[c] = v[q];
+      }
+    }
+  }
+}
+
 template <typename T>
 __global__ void __launch_bounds__(kRowsPerCta * 32) moe_silu_mul_rows_kernel(
     const T* __restrict__ gu, int inter, const int* __restrict__ num_valid, T* __restrict__ h) {
@@ -92,14 +137,30 @@ __global__ void moe_combine_sorted_kernel(T* __restrict__ out, const T* __restri
     float acc[8];
 #pragma unroll
     for (int q = 0; q < 8; ++q) acc[q] = 0.f;
-    for (int j = 0; j < top_k; ++j) {
-      const int64_t p = t * top_k + j;
-      const int e = __ldg(ids + p);
-      if (e < 0 || e >= num_experts) continue;  // padding pair: never listed, inv[p] unset
-      const float w = __ldg(weights + p);
-      const Vec16<T> v = load_vec16(ys + static_cast<int64_t>(__ldg(inv + p)) * hidden_size + c * 8);
+    // Pairs in groups of 4: the 4 row loads are issued before any is used (bytes in flight), then
+    // accumulated in j order (the same fmaf sequence as one pair at a time).
+    for (int j0 = 0; j0 < top_k; j0 += 4) {
+      Vec16<T> v[4];
+      float w[4];
+      bool ok[4];
 #pragma unroll
-      for (int q = 0; q < 8; ++q) acc[q] = fmaf(w, to_float(v.v[q]), acc[q]);
+      for (int u = 0; u < 4; ++u) {
+        const int j = j0 + u;
+        const int64_t p = t * top_k + j;
+        const int e = j < top_k ? __ldg(ids + p) : -1;
+        ok[u] = e >= 0 && e < num_experts;  // padding pair: never listed, inv[p] unset
+        w[u] = 0.f;
+        if (ok[u]) {
+          w[u] = __ldg(weights + p);
+          v[u] = load_vec16(ys + static_cast<int64_t>(__ldg(inv + p)) * hidden_size + c * 8);
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        if (!ok[u]) continue;
+#pragma unroll
+        for (int q = 0; q < 8; ++q) acc[q] = fmaf(w[u], to_float(v[u].v[q]), acc[q]);
+      }
     }
     Vec16<T> o;
 #pragma unroll

@@ -1,12 +1,14 @@
 // Launchers for moe_route and moe_align.
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#include <ATen/ops/empty.h>
 
 #include <algorithm>
 
 #include "common/checks.h"
 #include "common/dispatch.h"
 #include "moe/moe_align_launch.h"
+#include "moe/pdl_launch.h"
 #include "moe/route_align.cuh"
 #include "ops.h"
 
@@ -20,15 +22,61 @@ int64_t align_max_tiles(int64_t num_pairs, int64_t num_experts, int64_t block_m)
   return (align_max_padded(num_pairs, num_experts, block_m) + block_m - 1) / block_m;
 }
 
+namespace {
+
+// Multi-CTA split of moe_align (route_align.cuh): pairs per CTA (a multiple of the CTA's warps * 32)
+// and the CTA count, or 0 CTAs where the one-CTA kernel runs.
+struct AlignSplit {
+  int chunk = 0;
+  int ctas = 0;
+};
+
+AlignSplit align_split(int64_t num_pairs, int64_t num_experts) {
+  AlignSplit s;
+  if (num_pairs < kAlignMultiMinPairs || num_experts > kAlignMultiMaxExperts) return s;
+  constexpr int64_t kGranule = kAlignMultiWarps * 32;
+  int64_t chunk = std::max<int64_t>(kAlignMultiMinChunk, (num_pairs + kAlignMultiMaxCtas - 1) / kAlignMultiMaxCtas);
+  chunk = (chunk + kGranule - 1) / kGranule * kGranule;
+  s.chunk = static_cast<int>(chunk);
+  s.ctas = static_cast<int>((num_pairs + chunk - 1) / chunk);
+  return s;
+}
+
+}  // namespace
+
+int64_t align_workspace_ints(int64_t num_pairs, int64_t num_experts) {
+  const AlignSplit s = align_split(num_pairs, num_experts);
+  return s.ctas == 0 ? 0 : (s.ctas + 3) * num_experts;
+}
+
 void launch_align(const int* ids, int num_pairs, int num_experts, int block_m, int* sorted_ids,
-                  int* block_expert, int* num_padded, cudaStream_t stream) {
+                  int* block_expert, int* num_padded, int* workspace, cudaStream_t stream) {
   const int max_padded = static_cast<int>(align_max_padded(num_pairs, num_experts, block_m));
   const int max_tiles = static_cast<int>(align_max_tiles(num_pairs, num_experts, block_m));
+  const AlignSplit split = align_split(num_pairs, num_experts);
+  if (split.ctas > 0 && workspace != nullptr) {
+    // counts [ctas * E] | start [E] | ends [E] | total [E]
+    int* counts = workspace;
+    int* start = counts + static_cast<int64_t>(split.ctas) * num_experts;
+    int* ends = start + num_experts;
+    int* total = ends + num_experts;
+    const dim3 block(kAlignMultiWarps * 32);
+    launch_pdl(moe_align_count_kernel, dim3(split.ctas), block, static_cast<size_t>(num_experts) * sizeof(int),
+               stream, ids, num_pairs, num_experts, split.chunk, counts);
+    launch_pdl(moe_align_scan_kernel, dim3(1), dim3(1024), 0, stream, split.ctas, num_experts, block_m, counts,
+               start, ends, total, num_padded);
+    launch_pdl(moe_align_scatter_kernel, dim3(split.ctas), block,
+               static_cast<size_t>(kAlignMultiWarps + 1) * num_experts * sizeof(int), stream, ids, num_pairs,
+               num_experts, block_m, max_padded, max_tiles, split.chunk, static_cast<const int*>(counts),
+               static_cast<const int*>(start), static_cast<const int*>(ends), static_cast<const int*>(total),
+               static_cast<const int*>(num_padded), sorted_ids, block_expert);
+    return;
+  }
   // Per-warp histograms in at most 48 KiB of shared memory.
   const int warps = std::clamp(12288 / num_experts - 2, 1, 32);
   const size_t smem = static_cast<size_t>(warps + 2) * num_experts * sizeof(int);
-  moe_align_kernel<<<1, warps * 32, smem, stream>>>(ids, num_pairs, num_experts, block_m, max_padded, max_tiles,
-                                                    sorted_ids, block_expert, num_padded);
+  launch_pdl(moe_align_kernel, dim3(1), dim3(warps * 32), smem, stream, ids, num_pairs, num_experts, block_m,
+             max_padded, max_tiles, sorted_ids, block_expert, num_padded);
 }
 
 }  // namespace ferrum::moe
@@ -60,10 +108,10 @@ void moe_route(at::Tensor& weights, at::Tensor& ids, const at::Tensor& router_lo
   const unsigned grid = static_cast<unsigned>((num_tokens + kWarps - 1) / kWarps);
   FERRUM_DISPATCH_FLOAT_TYPES(router_logits.scalar_type(), "moe_route", [&] {
     auto launch = [&](auto kernel) {
-      kernel<<<grid, kWarps * 32, 0, stream>>>(
-          reinterpret_cast<const scalar_t*>(router_logits.data_ptr()), router_logits.stride(0),
-          static_cast<int>(num_tokens), static_cast<int>(num_experts), static_cast<int>(top_k), renormalize,
-          weights.data_ptr<float>(), ids.data_ptr<int>());
+      ferrum::moe::launch_pdl(kernel, dim3(grid), dim3(kWarps * 32), 0, stream,
+                              reinterpret_cast<const scalar_t*>(router_logits.data_ptr()), router_logits.stride(0),
+                              static_cast<int>(num_tokens), static_cast<int>(num_experts), static_cast<int>(top_k),
+                              renormalize, weights.data_ptr<float>(), ids.data_ptr<int>());
     };
     if (num_experts <= 128) {
       launch(ferrum::moe::moe_route_kernel<scalar_t, 4>);
@@ -99,9 +147,11 @@ void moe_align(at::Tensor& sorted_pair_ids, at::Tensor& block_expert_ids, at::Te
   TORCH_CHECK(num_padded.numel() == 1, "num_padded: expected 1 element, got ", num_padded.numel());
 
   const c10::cuda::OptionalCUDAGuard guard(topk_ids.device());
+  const int64_t ws_ints = ferrum::moe::align_workspace_ints(num_pairs, num_experts);
+  at::Tensor workspace = at::empty({std::max<int64_t>(ws_ints, 1)}, topk_ids.options());
   ferrum::moe::launch_align(topk_ids.data_ptr<int>(), static_cast<int>(num_pairs), static_cast<int>(num_experts),
                             static_cast<int>(block_m), sorted_pair_ids.data_ptr<int>(),
                             block_expert_ids.data_ptr<int>(), num_padded.data_ptr<int>(),
-                            c10::cuda::getCurrentCUDAStream());
+                            ws_ints > 0 ? workspace.data_ptr<int>() : nullptr, c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

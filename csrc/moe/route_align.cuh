@@ -21,6 +21,7 @@
 #include <cstdint>
 
 #include "common/types.cuh"
+#include "moe/moe_common.cuh"
 
 namespace ferrum::moe {
 
@@ -31,6 +32,11 @@ template <typename T, int kRoutePerLane>
 __global__ void moe_route_kernel(const T* __restrict__ logits, int64_t row_stride, int num_tokens, int num_experts,
                                  int top_k, bool renormalize, float* __restrict__ weights_out,
                                  int* __restrict__ ids_out) {
+  // Launched with PDL (pdl_launch.h): the logits come from the kernel before. The MoE kernel
+  // launched next (PDL too) may be scheduled once every CTA has passed this point; it waits for
+  // this grid's completion before it reads weights_out / ids_out.
+  pdl_wait();
+  pdl_launch_dependents();
   const int lane = threadIdx.x % 32;
   const int64_t token = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
   if (token >= num_tokens) return;
@@ -110,6 +116,9 @@ __device__ __forceinline__ bool valid_expert(int e, int num_experts) { return e 
 __global__ void moe_align_kernel(const int* __restrict__ ids, int num_pairs, int num_experts, int block_m,
                                  int max_padded, int max_tiles, int* __restrict__ sorted_ids,
                                  int* __restrict__ block_expert, int* __restrict__ num_padded) {
+  // ids come from the router kernel launched just before (PDL launch, pdl_launch.h).
+  pdl_wait();
+  pdl_launch_dependents();
   extern __shared__ int smem[];
   const int nw = blockDim.x / 32;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -205,6 +214,195 @@ __global__ void moe_align_kernel(const int* __restrict__ ids, int num_pairs, int
       __syncwarp();
     }
   }
+}
+
+
+// ---- Multi-CTA moe_align (large T*k) ------------------------------------------------------------
+//
+// Same output as moe_align_kernel, in three launches (each waits for the one before: PDL, waiting
+// first), for P >= kAlignMultiMinPairs and E <= kAlignMultiMaxExperts. CTA c owns the contiguous pairs
+// [c * chunk, min(P, (c + 1) * chunk)); inside a CTA warp w owns the w-th eighth of that range.
+//   count:   counts[c][e] = valid pairs of expert e in CTA c's range (shared-memory histogram;
+//            counts only, so atomics leave no order in the output).
+//   scan:    one CTA. Per expert e (one warp), counts[c][e] -> exclusive prefix over c; total[e];
+//            start[e] = exclusive scan over e of padded totals; ends[e] = start[e] + padded[e];
+//            num_padded.
+//   scatter: CTA c re-counts its range per warp, turns the counts into slots start[e] +
+//            counts[c][e] + (pairs of e in earlier warps), then walks its warps' ranges in order
+//            like moe_align_kernel's pass 3. The grid also writes block_expert (tile t -> first e
+//            with ends[e] > t * block_m, -1 past num_padded) and the sentinel P into every padding
+//            slot ([start + total, ends) per expert and [num_padded, max_padded)): disjoint from the
+//            scattered slots, so no write races.
+// Workspace: counts [C * E] + start, ends, total [E] int32. Deterministic: ascending p inside an expert.
+constexpr int kAlignMultiMinPairs = 4096;
+constexpr int kAlignMultiMaxExperts = 1024;
+constexpr int kAlignMultiWarps = 8;
+constexpr int kAlignMultiMaxCtas = 64;
+constexpr int kAlignMultiMinChunk = 2048;  // pairs per CTA at least; a multiple of kAlignMultiWarps * 32
+
+__global__ void __launch_bounds__(kAlignMultiWarps * 32) moe_align_count_kernel(
+    const int* __restrict__ ids, int num_pairs, int num_experts, int chunk, int* __restrict__ counts) {
+  pdl_wait();  // ids come from the router launched before (PDL)
+  pdl_launch_dependents();
+  extern __shared__ int hist[];  // [E]
+  for (int e = threadIdx.x; e < num_experts; e += blockDim.x) hist[e] = 0;
+  __syncthreads();
+  const int begin = blockIdx.x * chunk, end = min(num_pairs, begin + chunk);
+#pragma unroll 4
+  for (int p = begin + threadIdx.x; p < end; p += blockDim.x) {
+    const int e = __ldg(ids + p);
+    if (valid_expert(e, num_experts)) atomicAdd(&hist[e], 1);
+  }
+  __syncthreads();
+  for (int e = threadIdx.x; e < num_experts; e += blockDim.x) counts[blockIdx.x * num_experts + e] = hist[e];
+}
+
+// One CTA of 1024 threads.
+__global__ void __launch_bounds__(1024) moe_align_scan_kernel(int num_ctas, int num_experts, int block_m,
+                                                              int* __restrict__ counts, int* __restrict__ start,
+                                                              int* __restrict__ ends, int* __restrict__ total,
+                                                              int* __restrict__ num_padded) {
+  pdl_wait();
+  pdl_launch_dependents();
+  __shared__ int total_s[kAlignMultiMaxExperts];
+  const int nw = blockDim.x / 32, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (int e = warp; e < num_experts; e += nw) {
+    int carry = 0;
+    for (int c0 = 0; c0 < num_ctas; c0 += 32) {
+      const int c = c0 + lane;
+      const int v = c < num_ctas ? counts[c * num_experts + e] : 0;
+      int incl = v;
+#pragma unroll
+      for (int off = 1; off < 32; off <<= 1) {
+        const int o = __shfl_up_sync(0xffffffffu, incl, off);
+        if (lane >= off) incl += o;
+      }
+      if (c < num_ctas) counts[c * num_experts + e] = carry + incl - v;
+      carry += __shfl_sync(0xffffffffu, incl, 31);
+    }
+    if (lane == 0) total_s[e] = carry;
+  }
+  __syncthreads();
+  if (warp == 0) {  // exclusive scan of the padded totals over experts, as in moe_align_kernel
+    const int per_lane = (num_experts + 31) / 32;
+    const int e0 = min(num_experts, lane * per_lane), e1 = min(num_experts, e0 + per_lane);
+    int local = 0;
+    for (int e = e0; e < e1; ++e) local += (total_s[e] + block_m - 1) / block_m * block_m;
+    int incl = local;
+#pragma unroll
+    for (int off = 1; off < 32; off <<= 1) {
+      const int o = __shfl_up_sync(0xffffffffu, incl, off);
+      if (lane >= off) incl += o;
+    }
+    int run = incl - local;
+    for (int e = e0; e < e1; ++e) {
+      const int padded = (total_s[e] + block_m - 1) / block_m * block_m;
+      start[e] = run;
+      total[e] = total_s[e];
+      run += padded;
+      ends[e] = run;
+    }
+    if (lane == 31) num_padded[0] = incl;
+  }
+}
+
+// Grid: the count kernel's CTAs; kAlignMultiWarps warps; (kAlignMultiWarps + 1) * E ints of shared memory.
+__global__ void __launch_bounds__(kAlignMultiWarps * 32) moe_align_scatter_kernel(
+    const int* __restrict__ ids, int num_pairs, int num_experts, int block_m, int max_padded, int max_tiles,
+    int chunk, const int* __restrict__ counts, const int* __restrict__ start, const int* __restrict__ ends,
+    const int* __restrict__ total, const int* __restrict__ num_padded_in, int* __restrict__ sorted_ids,
+    int* __restrict__ block_expert) {
+  pdl_wait();
+  pdl_launch_dependents();
+  extern __shared__ int smem[];
+  constexpr int nw = kAlignMultiWarps;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  int* hist = smem;                       // [nw][E]: per-warp counts, then per-warp first slots
+  int* ends_s = smem + nw * num_experts;  // [E]
+  for (int i = threadIdx.x; i < nw * num_experts; i += blockDim.x) hist[i] = 0;
+  for (int e = threadIdx.x; e < num_experts; e += blockDim.x) ends_s[e] = ends[e];
+  __syncthreads();
+
+  const int c = blockIdx.x;
+  const int c_begin = c * chunk, c_end = min(num_pairs, c_begin + chunk);
+  const int wchunk = chunk / nw;
+  const int p_begin = min(c_end, c_begin + warp * wchunk), p_end = min(c_end, p_begin + wchunk);
+  for (int base = p_begin; base < p_end; base += 32 * kAlignUnroll) {
+    int e[kAlignUnroll];
+#pragma unroll
+    for (int q = 0; q < kAlignUnroll; ++q) {
+      const int p = base + q * 32 + lane;
+      e[q] = p < p_end ? __ldg(ids + p) : -1;
+    }
+#pragma unroll
+    for (int q = 0; q < kAlignUnroll; ++q)
+      if (valid_expert(e[q], num_experts)) atomicAdd(&hist[warp * num_experts + e[q]], 1);
+  }
+  __syncthreads();
+  for (int e = threadIdx.x; e < num_experts; e += blockDim.x) {
+    int run = start[e] + counts[c * num_experts + e];
+    for (int w = 0; w < nw; ++w) {
+      const int n = hist[w * num_experts + e];
+      hist[w * num_experts + e] = run;
+      run += n;
+    }
+  }
+  __syncthreads();
+
+  // Stable scatter (as moe_align_kernel's pass 3; hist already holds absolute slots).
+  const unsigned lt_mask = (1u << lane) - 1u;
+  for (int base = p_begin; base < p_end; base += 32 * kAlignUnroll) {
+    int ev[kAlignUnroll];
+#pragma unroll
+    for (int q = 0; q < kAlignUnroll; ++q) {
+      const int p = base + q * 32 + lane;
+      ev[q] = p < p_end ? __ldg(ids + p) : -1;
+    }
+#pragma unroll
+    for (int q = 0; q < kAlignUnroll; ++q) {
+      const int p = base + q * 32 + lane;
+      const int e = valid_expert(ev[q], num_experts) ? ev[q] : -1;
+      const unsigned peers = __match_any_sync(0xffffffffu, e);
+      int slot = 0;
+      if (e >= 0) slot = hist[warp * num_experts + e];
+      __syncwarp();
+      if (e >= 0) {
+        sorted_ids[slot + __popc(peers & lt_mask)] = p;
+        if (lane == 31 - __clz(peers)) hist[warp * num_experts + e] = slot + __popc(peers);
+      }
+      __syncwarp();
+    }
+  }
+
+  // Tile -> expert map and padding sentinels, spread over the whole grid.
+  const int num_padded = num_padded_in[0];
+  const int gtid = blockIdx.x * blockDim.x + threadIdx.x, gstride = gridDim.x * blockDim.x;
+  for (int t = gtid; t < max_tiles; t += gstride) {
+    const int s = t * block_m;
+    int e = -1;
+    if (s < num_padded) {  // first expert whose padded run ends after s (exists: ends[E-1] = num_padded)
+      int lo = 0, hi = num_experts - 1;
+      while (lo < hi) {
+        const int mid = (lo + hi) >> 1;
+        if (ends_s[mid] > s) {
+          hi = mid;
+        } else {
+          lo = mid + 1;
+        }
+      }
+      e = lo;
+    }
+    block_expert[t] = e;
+  }
+  if (block_m > 1) {
+    const int pad = block_m - 1;
+    for (int i = gtid; i < num_experts * pad; i += gstride) {
+      const int e = i / pad;
+      const int s = start[e] + total[e] + i % pad;
+      if (s < ends_s[e]) sorted_ids[s] = num_pairs;
+    }
+  }
+  for (int s = num_padded + gtid; s < max_padded; s += gstride) sorted_ids[s] = num_pairs;
 }
 
 }  // namespace ferrum::moe

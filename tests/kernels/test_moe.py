@@ -2,7 +2,9 @@
 
 CPU: every input error, the references against each other, opcheck, torch.compile(fullgraph=True).
 GPU (marked gpu): every tier forced and chosen automatically over awkward token counts, skewed and
-padded routing, router ties, exact bucketing, determinism, CUDA-graph replay.
+padded routing, router ties, exact bucketing, determinism, CUDA-graph replay; the "stream" path
+(T * k <= 128: slot tables, programmatic dependent launch) with repeated experts, chained layers and
+back-to-back launches.
 """
 
 import math
@@ -16,9 +18,9 @@ from ferrum_ext import ops, reference
 from ferrum_ext.testing import assert_rel_close, poison_, rel_error
 
 needs_ops = pytest.mark.skipif(not ferrum_ext.cuda_ops_available(), reason="ferrum_ext._C not built")
-# "prefill" is the Hopper tier (CUTLASS grouped GEMMs) on 9.x GPUs built for 9.0a, else mma.sync;
-# "prefill_mma" keeps the mma.sync tier covered everywhere.
-TIERS = ["gemv", "small", "prefill", "prefill_mma", None]
+# "prefill" is the Hopper tier (CUTLASS grouped GEMMs) on 9.x GPUs built for 9.0a from
+# ops.moe.MOE_SM90_MIN_PAIRS pairs on, else mma.sync; "prefill_mma" keeps the mma.sync tier covered.
+TIERS = ["stream", "gemv", "small", "prefill", "prefill_mma", None]
 
 
 def make_moe(num_tokens, num_experts, top_k, hidden, inter, dtype, device, seed=0):
@@ -102,6 +104,31 @@ def test_route_reference_semantics():
     torch.testing.assert_close(w[0], p[0, 1:3])
     w, _ = reference.moe_route(logits, 2, True)
     torch.testing.assert_close(w, torch.full((2, 2), 0.5))
+
+
+def _load_align_emulation():
+    import importlib.util
+    import pathlib
+    path = pathlib.Path(__file__).resolve().parents[2] / "scripts" / "emulate_moe_align_multi.py"
+    spec = importlib.util.spec_from_file_location("emulate_moe_align_multi", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("num_pairs,num_experts,block_m", [
+    (4096, 8, 16), (4097, 3, 1), (5000, 128, 128), (9000, 64, 64), (20000, 16, 1),
+])
+def test_align_multi_cta_emulation_cpu(num_pairs, num_experts, block_m):
+    """The multi-CTA moe_align's index math (scripts/emulate_moe_align_multi.py, step for step with
+    route_align.cuh) reproduces reference.moe_align, and its constants match the wrapper's."""
+    emu = _load_align_emulation()
+    assert emu.MIN_PAIRS == ops.moe.MOE_ALIGN_MULTI_CTA_MIN_PAIRS
+    assert emu.MAX_EXPERTS == ops.moe.MOE_ALIGN_MULTI_CTA_MAX_EXPERTS
+    g = torch.Generator().manual_seed(num_pairs)
+    ids = torch.randint(-1, num_experts + 1, (num_pairs,), generator=g)
+    ids[torch.rand(num_pairs, generator=g) < 0.5] = 0  # skewed
+    emu.check(ids.tolist(), num_experts, block_m)
 
 
 def test_align_reference_layout():
@@ -289,7 +316,7 @@ def test_fused_moe_deterministic_and_row_independent(tier):
     assert torch.equal(a[0], c[0]), "row 0 changed when the other rows changed"
 
 
-@pytest.mark.parametrize("num_tokens", [1, 8, 64])
+@pytest.mark.parametrize("num_tokens", [1, 8, 64, 1100])  # 1100 * 4 pairs: multi-CTA moe_align
 @pytest.mark.gpu
 def test_fused_moe_cuda_graph(num_tokens):
     num_experts, top_k, hidden, inter = 32, 4, 256, 128
@@ -324,6 +351,195 @@ def test_fused_moe_loop_reference_on_gpu():
     x, w13, w2, w, ids = make_moe(6, 16, 3, 128, 64, torch.float16, "cuda")
     ids[2, 1] = -1
     assert_rel_close(ops.fused_moe(x, w13, w2, w, ids), reference.fused_moe(x, w13, w2, w, ids))
+
+
+# ---- GPU: the "stream" path (T * k <= 128) ----------------------------------------------------------
+
+
+def _stream_case(num_tokens, num_experts, top_k, hidden, inter, routing, seed):
+    x, w13, w2, w, ids = make_moe(num_tokens, num_experts, top_k, hidden, inter, torch.bfloat16, "cuda", seed)
+    g = torch.Generator(device="cpu").manual_seed(seed + 1)
+    if routing == "one_expert":  # every pair of every token on one expert: slots of 4 pairs
+        ids[:] = 5 % num_experts
+    elif routing == "duplicates":  # repeated ids inside rows and across rows, some invalid
+        ids.copy_(torch.randint(0, min(3, num_experts), ids.shape, generator=g).to(ids))
+        ids.view(-1)[::5] = -1
+        ids.view(-1)[1::7] = num_experts  # out of range: skipped
+    elif routing == "padded":
+        ids[::2] = -1
+        ids[:, -1] = -1
+    elif routing == "all_invalid":
+        ids[:] = -1
+    w = torch.rand(w.shape, generator=g).to(w)  # weights need not be normalised
+    return x, w13, w2, w, ids
+
+
+@pytest.mark.parametrize("routing", ["random", "padded", "one_expert", "duplicates", "all_invalid"])
+@pytest.mark.parametrize("num_tokens", [1, 2, 3, 4, 9, 16])
+@pytest.mark.gpu
+def test_stream_routing(num_tokens, routing):
+    x, w13, w2, w, ids = _stream_case(num_tokens, 32, 8, 256, 192, routing, seed=num_tokens)
+    ref = reference.fused_moe_grouped_reference(x, w13, w2, w, ids)
+    for tier in ("stream", None):
+        out = poison_(torch.empty_like(x))
+        ops.fused_moe(x, w13, w2, w, ids, tier=tier, out=out)
+        assert_rel_close(out, ref, what=f"stream T={num_tokens} routing={routing} tier={tier}")
+    if routing == "all_invalid":
+        assert torch.all(out == 0)
+    # The stream path and the verified gemv tier agree within the tolerance (tier consistency).
+    assert_rel_close(ops.fused_moe(x, w13, w2, w, ids, tier="gemv"), out, what="stream vs gemv")
+
+
+@pytest.mark.parametrize("shape", [
+    (128, 8, 2048, 768),   # Qwen3-30B-A3B
+    (16, 8, 4096, 1536),   # Qwen3-235B-A22B expert shape, fewer experts
+    (64, 16, 320, 64),     # k 16: T = 8 gives the 128-pair limit; H, I below one warp's chunk stride
+    (8, 1, 192, 128),
+    (128, 10, 128, 1024),  # I > 3 * 256: several chunk rounds in the down kernel
+])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.gpu
+def test_stream_shapes(shape, dtype):
+    num_experts, top_k, hidden, inter = shape
+    g = torch.Generator(device="cuda").manual_seed(3)
+    w13 = (torch.randn(num_experts, 2 * inter, hidden, device="cuda", generator=g) / math.sqrt(hidden)).to(dtype)
+    w2 = (torch.randn(num_experts, hidden, inter, device="cuda", generator=g) / math.sqrt(inter)).to(dtype)
+    for num_tokens in (1, 2, 3, 4, 8, 13, 16):
+        if num_tokens * top_k > ops.moe.MOE_STREAM_MAX_PAIRS:
+            continue
+        x = torch.randn(num_tokens, hidden, device="cuda", generator=g).to(dtype)
+        w, ids = reference.moe_route(torch.randn(num_tokens, num_experts, device="cuda", generator=g), top_k, True)
+        out = poison_(torch.empty_like(x))
+        ops.fused_moe(x, w13, w2, w, ids, tier="stream", out=out)
+        assert_rel_close(out, reference.fused_moe_grouped_reference(x, w13, w2, w, ids),
+                         what=f"stream T={num_tokens} E={num_experts} k={top_k} H={hidden} I={inter} {dtype}")
+
+
+@pytest.mark.parametrize("num_tokens,top_k", [(16, 8), (128, 1), (5, 13), (17, 8), (9, 15)])
+@pytest.mark.gpu
+def test_stream_pair_limit(num_tokens, top_k):
+    """128 pairs is the largest stream case (k = 1: 128 tokens); 136 and 135 fall back to the gemv tier."""
+    _check_fused(num_tokens, 64, top_k, 256, 128, torch.bfloat16, "stream", seed=num_tokens)
+    _check_fused(num_tokens, 64, top_k, 256, 128, torch.bfloat16, "stream", "padded", seed=num_tokens)
+
+
+@pytest.mark.gpu
+def test_stream_auto_selection_matches_forced():
+    """auto picks the stream path at T <= 3 (gemv range) and 4 <= T <= 16 (small range): bit-identical to
+    forcing it; T = 17 stays on the small tier."""
+    for num_tokens in (1, 3, 4, 16):
+        x, w13, w2, w, ids = make_moe(num_tokens, 32, 8, 256, 128, torch.bfloat16, "cuda", seed=num_tokens)
+        a = ops.fused_moe(x, w13, w2, w, ids)
+        b = ops.fused_moe(x, w13, w2, w, ids, tier="stream")
+        assert torch.equal(a, b), f"auto != stream at T={num_tokens}"
+    x, w13, w2, w, ids = make_moe(17, 32, 8, 256, 128, torch.bfloat16, "cuda", seed=17)
+    assert torch.equal(ops.fused_moe(x, w13, w2, w, ids), ops.fused_moe(x, w13, w2, w, ids, tier="small"))
+    # A gemv_threshold of 1 keeps T = 2, 3 out of the gemv range, but T <= 16 still streams;
+    # prefill_threshold 2 sends T = 3 to the prefill tier.
+    x, w13, w2, w, ids = make_moe(3, 32, 8, 256, 128, torch.bfloat16, "cuda", seed=7)
+    assert torch.equal(ops.fused_moe(x, w13, w2, w, ids, gemv_threshold=1), ops.fused_moe(x, w13, w2, w, ids,
+                                                                                         tier="stream"))
+    assert torch.equal(ops.fused_moe(x, w13, w2, w, ids, gemv_threshold=1, prefill_threshold=2),
+                       ops.fused_moe(x, w13, w2, w, ids, tier="prefill"))
+
+
+@pytest.mark.parametrize("num_tokens", [1, 3, 16])
+@pytest.mark.gpu
+def test_stream_chained_layers_back_to_back(num_tokens):
+    """Layers launched back to back (route -> stream kernels -> route ...) with each layer's output
+    as the next layer's input, and fused_moe calls with no kernel in between: programmatic dependent
+    launch must never let a kernel read an input before its producer finished, nor overwrite a
+    buffer a previous kernel still reads. Eager and CUDA-graph replay."""
+    num_experts, top_k, hidden, inter, layers = 64, 8, 512, 256, 6
+    g = torch.Generator(device="cpu").manual_seed(11)
+    ws = [((torch.randn(num_experts, 2 * inter, hidden, generator=g) / math.sqrt(hidden)).cuda().bfloat16(),
+           (torch.randn(num_experts, hidden, inter, generator=g) / math.sqrt(inter)).cuda().bfloat16(),
+           torch.randn(hidden, num_experts, generator=g).cuda())
+          for _ in range(layers)]
+    x0 = torch.randn(num_tokens, hidden, generator=g).cuda().bfloat16()
+    fixed_w, fixed_ids = reference.moe_route(torch.randn(num_tokens, num_experts, generator=g).cuda(), top_k, True)
+    bufs = [torch.empty_like(x0) for _ in range(layers + 2)]
+
+    def step():
+        x = x0
+        for i, (w13, w2, router) in enumerate(ws):
+            w, ids = ops.moe_route(x.float() @ router, top_k, True)
+            x = ops.fused_moe(x, w13, w2, w, ids, out=bufs[i]) * 2.0  # a torch kernel between layers
+        # Two fused_moe calls in a row with nothing between them, the second reading the first's output.
+        a = ops.fused_moe(x, ws[0][0], ws[0][1], fixed_w, fixed_ids, out=bufs[layers])
+        return ops.fused_moe(a, ws[1][0], ws[1][1], fixed_w, fixed_ids, out=bufs[layers + 1])
+
+    def check_layers(final):
+        # Each layer against the reference run on our own previous output (a chained reference would
+        # diverge wherever a rounding difference flips a near-tie in the routing).
+        x = x0
+        for i, (w13, w2, router) in enumerate(ws):
+            w, ids = reference.moe_route(x.float() @ router, top_k, True)
+            assert_rel_close(bufs[i], reference.fused_moe_grouped_reference(x, w13, w2, w, ids),
+                             what=f"layer {i} of {layers}, T={num_tokens}")
+            x = bufs[i] * 2.0
+        a = reference.fused_moe_grouped_reference(x, ws[0][0], ws[0][1], fixed_w, fixed_ids)
+        assert_rel_close(bufs[layers], a, what="first of two back-to-back calls")
+        assert_rel_close(final, reference.fused_moe_grouped_reference(bufs[layers], ws[1][0], ws[1][1], fixed_w,
+                                                                      fixed_ids),
+                         what="second of two back-to-back calls (reads the first one's output)")
+
+    for b in bufs:
+        poison_(b)
+    got = step().clone()
+    torch.cuda.synchronize()
+    check_layers(got)
+    for _ in range(3):  # determinism of the whole chain
+        assert torch.equal(step(), got)
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        step()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        res = step()
+    for _ in range(3):
+        for b in bufs:
+            poison_(b)
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(res, got), "graph replay differs from eager"
+
+
+@pytest.mark.gpu
+def test_stream_many_back_to_back_calls():
+    """50 stream calls in a row on fresh inputs, outputs checked after one sync (no host sync between)."""
+    outs, cases = [], []
+    for i in range(50):
+        x, w13, w2, w, ids = make_moe(1 + (i * 7) % 16, 16, 4, 128, 64, torch.bfloat16, "cuda", seed=100 + i)
+        out = poison_(torch.empty_like(x))
+        ops.fused_moe(x, w13, w2, w, ids, tier="stream", out=out)
+        outs.append(out)
+        cases.append((x, w13, w2, w, ids))
+    torch.cuda.synchronize()
+    for i, (out, case) in enumerate(zip(outs, cases)):
+        assert_rel_close(out, reference.fused_moe_grouped_reference(*case), what=f"call {i}")
+
+
+@pytest.mark.parametrize("num_tokens", [2, 16])
+@pytest.mark.gpu
+def test_stream_deterministic_and_row_independent(num_tokens):
+    """Row 0's output is bit-identical whatever the other rows route to (its pairs may share slots with
+    other tokens' pairs, or not), and across runs."""
+    x, w13, w2, w, ids = make_moe(num_tokens, 16, 8, 256, 128, torch.bfloat16, "cuda", seed=5)
+    a = ops.fused_moe(x, w13, w2, w, ids, tier="stream")
+    assert torch.equal(a, ops.fused_moe(x, w13, w2, w, ids, tier="stream")), "two runs differ"
+    for trial in range(3):
+        x2, w_2, ids2 = x.clone(), w.clone(), ids.clone()
+        x2[1:] = torch.randn_like(x2[1:])
+        g = torch.Generator(device="cpu").manual_seed(trial)
+        ids2[1:] = torch.stack([torch.randperm(16, generator=g)[:8] for _ in range(num_tokens - 1)]).to(ids2)
+        if trial == 2:
+            ids2[1:] = ids2[0]  # every token on row 0's experts: row 0's pairs now share slots
+        c = ops.fused_moe(x2, w13, w2, w_2, ids2, tier="stream")
+        assert torch.equal(a[0], c[0]), f"row 0 changed when the other rows changed (trial {trial})"
 
 
 # ---- GPU: the Hopper prefill tier (tier="prefill_sm90") -------------------------------------------
@@ -403,9 +619,10 @@ def _kernel_names(fn):
 @pytest.mark.gpu
 @is_sm90
 def test_prefill_dispatch_on_sm90():
-    # "prefill" (and "auto" above prefill_threshold) must take the CUTLASS tier on Hopper; "prefill_mma" not.
+    # "prefill_sm90" must take the CUTLASS tier on Hopper; "prefill_mma" not.
     x, w13, w2, w, ids = make_moe(64, 16, 4, 256, 128, torch.bfloat16, "cuda")
-    for tier, want in (("prefill", True), (None, True), ("prefill_sm90", True), ("prefill_mma", False)):
+    # P = 256 < MOE_SM90_MIN_PAIRS: "prefill" and auto stay on mma.sync (test_auto_sm90_threshold covers P above).
+    for tier, want in (("prefill", False), (None, False), ("prefill_sm90", True), ("prefill_mma", False)):
         names = _kernel_names(lambda: ops.fused_moe(x, w13, w2, w, ids, tier=tier))
         got = any("cutlass" in n or "GemmUniversal" in n for n in names)
         assert got == want, f"tier={tier}: expected CUTLASS kernels {want}, launched {sorted(set(names))}"
@@ -422,7 +639,7 @@ def test_prefill_sm90_unavailable_elsewhere():
                      reference.fused_moe_grouped_reference(x, w13, w2, w, ids))
 
 
-@pytest.mark.parametrize("num_tokens", [40, 600])
+@pytest.mark.parametrize("num_tokens", [40, 600, 1500])  # 1500 * 4 pairs: multi-CTA moe_align
 @pytest.mark.gpu
 @is_sm90
 def test_prefill_sm90_cuda_graph(num_tokens):
@@ -452,3 +669,159 @@ def test_prefill_sm90_cuda_graph(num_tokens):
         torch.cuda.synchronize()
         ref = reference.fused_moe_grouped_reference(x, w13, w2, *reference.moe_route(logits, top_k, True))
         assert_rel_close(out, ref, what=f"prefill_sm90 graph replay {i} T={num_tokens}")
+
+
+# ---- GPU: multi-CTA moe_align (P >= MOE_ALIGN_MULTI_CTA_MIN_PAIRS, E <= 1024) --------------------
+#
+# count -> scan -> scatter (csrc/moe/route_align.cuh); scripts/emulate_moe_align_multi.py checks the
+# same index math on the CPU. A failure here with test_align_matches_reference_exactly passing at
+# small P points at the multi-CTA kernels.
+
+def _align_ids(num_pairs, top_k, num_experts, routing, seed):
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    num_tokens = num_pairs // top_k
+    ids = torch.randint(0, num_experts, (num_tokens, top_k), generator=g, dtype=torch.int32)
+    if routing == "skewed":  # ~70% of the pairs on expert 1, the rest random
+        ids[torch.rand(ids.shape, generator=g) < 0.7] = 1 % num_experts
+    elif routing == "invalid":  # ids < 0 and >= E are skipped
+        ids[torch.rand(ids.shape, generator=g) < 0.2] = -1
+        ids[torch.rand(ids.shape, generator=g) < 0.05] = num_experts
+    elif routing == "one_expert":
+        ids[:] = num_experts - 1
+    elif routing == "all_invalid":
+        ids[:] = -1
+    return ids.cuda()
+
+
+def _align_check(ids, num_experts, block_m, what):
+    sizes = reference.moe_align_sizes(ids.numel(), num_experts, block_m)
+    outs = tuple(poison_(torch.empty(n, dtype=torch.int32, device="cuda")) for n in (*sizes, 1))
+    got = ops.moe_align(ids, num_experts, block_m, out=outs)
+    want = reference.moe_align(ids, num_experts, block_m)
+    for name, g, w in zip(("sorted_pair_ids", "block_expert_ids", "num_padded"), got, want):
+        assert torch.equal(g, w), (f"{what}: {name} differs: first mismatch at "
+                                   f"{(g != w).nonzero()[:1].tolist()} of {g.numel()}")
+    return got
+
+
+@pytest.mark.parametrize("num_pairs,top_k", [
+    (4095, 1), (4096, 8), (4097, 1), (4098, 3), (6144, 8), (32776, 8), (131072, 8), (200003, 1),
+])
+@pytest.mark.parametrize("block_m", [1, 16, 64, 128])
+@pytest.mark.parametrize("routing", ["random", "skewed", "invalid", "one_expert"])
+@pytest.mark.gpu
+def test_align_multi_cta_matches_reference(num_pairs, top_k, block_m, routing):
+    ids = _align_ids(num_pairs, top_k, 128, routing, seed=num_pairs + block_m)
+    _align_check(ids, 128, block_m, f"P={num_pairs} E=128 block_m={block_m} routing={routing}")
+
+
+@pytest.mark.parametrize("num_experts", [1, 8, 1000, 1024])
+@pytest.mark.parametrize("block_m", [1, 128])
+@pytest.mark.parametrize("routing", ["random", "invalid", "all_invalid"])
+@pytest.mark.gpu
+def test_align_multi_cta_experts(num_experts, block_m, routing):
+    ids = _align_ids(8192, 4, num_experts, routing, seed=num_experts)
+    _align_check(ids, num_experts, block_m, f"P=8192 E={num_experts} block_m={block_m} routing={routing}")
+
+
+@pytest.mark.parametrize("block_m", [1, 16, 64, 128])
+@pytest.mark.gpu
+def test_align_multi_cta_equals_one_cta_path(block_m):
+    """The same ids through both paths: E = 1024 takes the multi-CTA kernels at P >= 4096, E = 1025
+    (> MOE_ALIGN_MULTI_CTA_MAX_EXPERTS) the one-CTA kernel; expert 1024 is never used, so the used parts
+    are identical (only the buffer sizes differ by block_m - 1)."""
+    ids = _align_ids(20000, 4, 1024, "skewed", seed=block_m)
+    multi = _align_check(ids, 1024, block_m, "multi-CTA (E=1024)")
+    one = _align_check(ids, 1025, block_m, "one-CTA (E=1025)")
+    n = int(multi[2].item())
+    assert n == int(one[2].item())
+    assert torch.equal(multi[0][:n], one[0][:n]), "sorted_pair_ids differ between the paths"
+    assert torch.equal(multi[1][: n // block_m], one[1][: n // block_m]), "block_expert_ids differ"
+    assert torch.all(multi[0][n:] == ids.numel()) and torch.all(one[0][n:] == ids.numel())
+    assert torch.all(multi[1][n // block_m:] == -1) and torch.all(one[1][n // block_m:] == -1)
+
+
+@pytest.mark.gpu
+def test_align_multi_cta_deterministic_and_graph():
+    ids = _align_ids(50000, 5, 64, "skewed", seed=1)
+    sizes = reference.moe_align_sizes(ids.numel(), 64, 64)
+    want = reference.moe_align(ids, 64, 64)
+    outs = tuple(torch.empty(n, dtype=torch.int32, device="cuda") for n in (*sizes, 1))
+    for _ in range(3):
+        got = ops.moe_align(ids, 64, 64)
+        assert all(torch.equal(g, w) for g, w in zip(got, want)), "eager run differs from the reference"
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        ops.moe_align(ids, 64, 64, out=outs)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        ops.moe_align(ids, 64, 64, out=outs)
+    for i in range(3):
+        ids.copy_(_align_ids(50000, 5, 64, "random" if i % 2 else "skewed", seed=10 + i))
+        for o in outs:
+            poison_(o)
+        graph.replay()
+        torch.cuda.synchronize()
+        want = reference.moe_align(ids, 64, 64)
+        for name, g, w in zip(("sorted_pair_ids", "block_expert_ids", "num_padded"), outs, want):
+            assert torch.equal(g, w), f"graph replay {i}: {name} differs"
+
+
+def _launched(fn):
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return [e.name for e in prof.events() if e.device_type.name == "CUDA"]
+
+
+@pytest.mark.gpu
+def test_align_path_switch():
+    lim = ops.moe.MOE_ALIGN_MULTI_CTA_MIN_PAIRS
+    for num_pairs, multi in ((lim - 1, False), (lim, True)):
+        ids = _align_ids(num_pairs, 1, 128, "random", seed=0)
+        names = " ".join(_launched(lambda: ops.moe_align(ids, 128, 16)))
+        assert ("moe_align_count_kernel" in names) == multi, f"P={num_pairs}: launched {names}"
+        assert ("moe_align_scatter_kernel" in names) == multi, f"P={num_pairs}: launched {names}"
+
+
+@pytest.mark.parametrize("tier", ["prefill_mma", "prefill_sm90", None])
+@pytest.mark.parametrize("routing", ["random", "padded", "one_expert"])
+@pytest.mark.gpu
+def test_fused_moe_multi_cta_align(tier, routing):
+    # P = 4500 * 4 = 18000 >= both switches: multi-CTA align in every prefill tier, and auto on sm90 takes
+    # the Hopper tier (gather by token, grouped combine).
+    if tier == "prefill_sm90" and torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("needs a compute capability 9.x GPU")
+    _check_fused(4500, 16, 4, 256, 128, torch.bfloat16, tier, routing, seed=4500)
+
+
+@pytest.mark.gpu
+@is_sm90
+def test_auto_sm90_threshold():
+    """"prefill" and auto take the Hopper tier from MOE_SM90_MIN_PAIRS pairs on (H100 measurements: the
+    mma.sync tier is faster below), forced tiers whatever P; results agree with the reference."""
+    lim = ops.moe.MOE_SM90_MIN_PAIRS
+    for num_tokens, top_k, want in ((lim - 1, 1, False), (lim, 1, True), (lim // 8 - 1, 8, False),
+                                    (lim // 8, 8, True)):
+        x, w13, w2, w, ids = make_moe(num_tokens, 16, top_k, 64, 64, torch.bfloat16, "cuda", seed=num_tokens)
+        ref = reference.fused_moe_grouped_reference(x, w13, w2, w, ids)
+        for tier, expect in ((None, want), ("prefill", want), ("prefill_mma", False), ("prefill_sm90", True)):
+            out = poison_(torch.empty_like(x))
+            names = _launched(lambda: ops.fused_moe(x, w13, w2, w, ids, tier=tier, out=out))
+            got = any("cutlass" in n or "GemmUniversal" in n for n in names)
+            assert got == expect, f"T={num_tokens} k={top_k} tier={tier}: CUTLASS launched {got}, expected {expect}"
+            assert_rel_close(out, ref, what=f"T={num_tokens} k={top_k} tier={tier}")
+
+
+@pytest.mark.parametrize("routing", ["random", "padded", "one_expert"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.gpu
+@is_sm90
+def test_prefill_sm90_gather_by_token_odd_shapes(routing, dtype):
+    # H = 320 (40 16-byte chunks: a partial round of 128 per warp), H = 4160 (520 chunks: 4 full rounds +
+    # a partial one), k = 3, 13; T not a multiple of the 8 tokens per CTA.
+    _check_fused(1001, 32, 3, 320, 192, dtype, "prefill_sm90", routing, seed=1)
+    _check_fused(203, 16, 13, 4160, 64, dtype, "prefill_sm90", routing, seed=2)
