@@ -150,7 +150,10 @@ __device__ __forceinline__ float warp_sum(float v) {
 }
 
 __device__ __forceinline__ uint4 ld_stream16(const void* p) { return __ldcs(reinterpret_cast<const uint4*>(p)); }
-__device__ __forceinline__ uint4 ld_cached16(const void* p) { return __ldg(reinterpret_cast<const uint4*>(p)); }
+// x and h are written by the kernel launched just before, whose lifetime overlaps this one under
+// programmatic dependent launch: the read-only path (ld.global.nc, __ldg) requires data that no
+// one writes during the kernel, so these loads go through L2 (.cg), coherent after pdl_wait.
+__device__ __forceinline__ uint4 ld_cached16(const void* p) { return __ldcg(reinterpret_cast<const uint4*>(p)); }
 
 template <typename T>
 __global__ void __launch_bounds__(kStreamWarps * 32, 2) moe_stream_gate_up_kernel(const StreamArgs args) {

@@ -377,7 +377,7 @@ def test_prefill_cuda_graph_replay(tiled, path):
         torch.cuda.synchronize()
         assert sum(q_lens) == m
         ref = reference.paged_attention_varlen(q, kc, vc, cu, sl, bt, scale, "vllm")
-        assert_rel_close(out, ref, what=f"{merge} merge splits={splits} q_lens {q_lens} ctx {ctx}")
+        assert_rel_close(out, ref, what=f"{path} path tiled={tiled} q_lens {q_lens} ctx {ctx}")
 
 
 @pytest.mark.gpu
