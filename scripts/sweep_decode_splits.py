@@ -1,6 +1,6 @@
 """Times paged_attention_decode over forced split counts, to check the host split plan.
 
-    python scripts/sweep_decode_splits.py [v1|v2|v1_merge ...]   (GPU; one line per shape and kernel; default both)
+    python scripts/sweep_decode_splits.py [v1|v2 ...]   (GPU; one line per shape and kernel; default both)
 
 Same shapes and byte count as benchmarks/bench_paged_decode.py (bf16, vllm layout);
 "auto" is the plan the launcher picks.
@@ -15,7 +15,7 @@ from benchmarks.bench_paged_decode import HEAD_DIM, HEADS, SHAPES, _paged_cache
 from benchmarks.harness import BenchContext
 
 SPLITS = [None, 1, 2, 4, 8, 16, 32, 64, 96, 128, 192, 256]
-KERNELS = [a for a in sys.argv[1:] if a in ("v1", "v2", "v1_merge")] or ["v1", "v2"]
+KERNELS = [a for a in sys.argv[1:] if a in ("v1", "v2")] or ["v1", "v2"]
 
 
 def main():
