@@ -259,10 +259,9 @@ void run_v2(AttnParams& p, const at::Tensor& query, int num_rows, int64_t max_se
 // on the device from cu_seqlens_q, with host bounds from (M, B) only:
 //   prefill tiles <= (M + (TQ - 1) * min(B, M / 64)) / TQ,  TQ = 128 / group tokens per tile
 //   short tiles   <= min(M, (min(M, 63 B) + (qpc - 1) B) / qpc)
-// Order on the stream: short kernel (its fused split-K merge writes only the
-// short rows; the separate merge kernel, if selected, also rewrites the long
-// rows with junk when split), then the prefill kernel (the final writer of the
-// long rows).
+// Order on the stream: short kernel, its split-K merge (which also rewrites
+// the long rows with junk when split), then the prefill kernel (the final
+// writer of the long rows).
 // Taken when max_q_len >= 64 (force: max_q_len unknown counts as M) and, unless
 // forced, when the prefill grid bound covers every SM at least once.
 template <typename T, int D>
