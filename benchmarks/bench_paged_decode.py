@@ -7,7 +7,7 @@ Baseline: torch.nn.functional.scaled_dot_product_attention on the same K/V laid 
 contiguously ([B, kv_heads, L, D], enable_gqa=True), timed in the same run.
 Cases (batch, context, kv_heads), 32 query heads, head_dim 128, block_size 16, shuffled
 block tables, both cache layouts, fp16 and bf16; the default kernel (rows "vllm" / "nhd") and the
-first kernel (rows "vllm v1" / "nhd v1"; "v1_merge": its previous separate split-K merge) in the same run.
+first kernel (rows "vllm v1" / "nhd v1") in the same run.
 """
 
 import math
@@ -19,9 +19,8 @@ from ferrum_ext.testing import make_block_tables, make_cache, rel_error
 
 SHAPES = [(1, 32768, 4), (8, 8192, 4), (64, 4096, 4), (64, 4096, 8), (256, 2048, 8), (32, 1024, 8)]
 HEADS, HEAD_DIM, BLOCK = 32, 128, 16
-# "auto" (the default kernel, rows named by layout) and "v1" (the first kernel, rows "<layout> v1"),
-# "v1_merge" (v1 with the previous separate split-K merge kernel instead of the fused merge).
-KERNELS = ("auto", "v1", "v1_merge")
+# "auto" (the default kernel, rows named by layout) and "v1" (the first kernel, rows "<layout> v1").
+KERNELS = ("auto", "v1")
 
 
 def _paged_cache(b, length, kvh, dtype, layout, gen):

@@ -121,9 +121,9 @@ def paged_attention_varlen(query: torch.Tensor, key_cache: torch.Tensor, value_c
                            scale: float, layout: str = "vllm", tiled_q4: bool = False, *,
                            max_seq_len: int | None = None, max_q_len: int | None = None,
                            num_splits: int | None = None, out: torch.Tensor | None = None,
-                           _prefill_path: str = "auto", _split_merge: str = "fused"):
+                           _prefill_path: str = "auto"):
     """Packed queries [M, H, D]; query i of sequence s sits at seq_lens[s] - q_len[s] + i, causal.
-    (max_seq_len, max_q_len, num_splits, _prefill_path, _split_merge only steer the CUDA kernels.)"""
+    (max_seq_len, max_q_len, num_splits, _prefill_path only steer the CUDA kernels.)"""
     m, h, d = query.shape
     result = torch.zeros(m, h, d, dtype=torch.float32, device=query.device)
     cu = cu_seqlens_q.tolist()

@@ -6,12 +6,10 @@
 // per SM. For each candidate s <= min(ceil(max_seq_len / 256), 256):
 // tokens_per_split = round_up(ceil(max_seq_len / s), 64), real splits =
 // ceil(max_seq_len / tokens_per_split), cost = ceil(base * real / slots) waves x
-// tokens_per_split (+ the merge when split: 16 + real / 2 fused, 64 separate); the
-// cheapest wins, ties go to fewer splits. One split writes `out` directly (no scratch,
-// no merge). Scratch (caching allocator, per call):
+// tokens_per_split (+ 64 when split, for the merge); the cheapest wins, ties go
+// to fewer splits. One split writes `out` directly (no scratch, no merge). Scratch (caching allocator, per call):
 //   partial out fp32 [rows, heads, splits, head_dim] + lse fp32 [rows, heads, splits]
-//   = rows * heads * splits * (head_dim + 1) * 4 bytes,
-//   + int32 arrival counters [tiles, kv_heads] (fused merge; memset on the stream per launch).
+//   = rows * heads * splits * (head_dim + 1) * 4 bytes.
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <ATen/ops/empty.h>
@@ -121,7 +119,7 @@ void check_out(const at::Tensor& out, const at::Tensor& query) {
 }
 
 // Sets p.num_splits / p.tokens_per_split (see the file comment).
-void plan_splits(AttnParams& p, int64_t base_ctas, int64_t max_seq_len, int slots, int64_t forced, bool fused_merge) {
+void plan_splits(AttnParams& p, int64_t base_ctas, int64_t max_seq_len, int slots, int64_t forced) {
   constexpr int64_t kTok = ferrum::attn::kStageTokens;
   const int64_t max_useful = std::max<int64_t>(1, (max_seq_len + kTok - 1) / kTok);
   int64_t splits;
@@ -129,10 +127,7 @@ void plan_splits(AttnParams& p, int64_t base_ctas, int64_t max_seq_len, int slot
     splits = std::min<int64_t>({forced, max_useful, ferrum::attn::kMaxSplits});
   } else {
     // Equal-work CTAs run in waves of `slots`: pick the split count with the least
-    // (waves x tokens per CTA) + the merge when split, in tokens of streaming time: the
-    // separate merge kernel one stage (64); the fused merge (tail of the last CTA, ~1 L2 round
-    // trip per 16 splits and 128 (row, 4-dim) pairs, a round trip ~6 tokens) 16 + real / 2.
-    // Ties -> fewer splits.
+    // (waves x tokens per CTA), + one stage for the merge when split; ties -> fewer splits.
     const int64_t cap = std::min<int64_t>({(max_seq_len + 255) / 256, int64_t{ferrum::attn::kMaxSplits}});
     const int64_t base = std::max<int64_t>(base_ctas, 1);
     int64_t best_cost = -1;
@@ -141,8 +136,7 @@ void plan_splits(AttnParams& p, int64_t base_ctas, int64_t max_seq_len, int slot
       const int64_t tps = ((std::max<int64_t>(max_seq_len, 1) + s - 1) / s + kTok - 1) / kTok * kTok;
       const int64_t real = (std::max<int64_t>(max_seq_len, 1) + tps - 1) / tps;
       const int64_t waves = (base * real + slots - 1) / slots;
-      const int64_t merge = real <= 1 ? 0 : (fused_merge ? 16 + real / 2 : kTok);
-      const int64_t cost = waves * tps + merge;
+      const int64_t cost = waves * tps + (real > 1 ? kTok : 0);
       if (best_cost < 0 || cost < best_cost) {
         best_cost = cost;
         splits = real;
@@ -157,35 +151,23 @@ void plan_splits(AttnParams& p, int64_t base_ctas, int64_t max_seq_len, int slot
   p.tokens_per_split = static_cast<int>(tps);
 }
 
-// separate_merge: the previous split-K path (merge_splits_kernel as a second launch)
-// instead of the fused merge in the attention kernel's last CTA per (tile, kv head).
 template <typename T, int D, int MT>
 void run(AttnParams& p, const at::Tensor& query, int num_tiles, int64_t rows_total, int64_t max_seq_len,
-         int64_t forced_splits, bool separate_merge, cudaStream_t stream) {
+         int64_t forced_splits, cudaStream_t stream) {
   const int device = query.get_device();
   const int per_sm = ferrum::attn::attention_ctas_per_sm<T, D, MT>(device);
   plan_splits(p, static_cast<int64_t>(num_tiles) * p.num_kv_heads, max_seq_len, ferrum::sm_count(device) * per_sm,
-              forced_splits, !separate_merge);
-  at::Tensor part_out, part_lse, counters;
-  p.counters = nullptr;
+              forced_splits);
+  at::Tensor part_out, part_lse;
   if (p.num_splits > 1) {
     const auto f32 = query.options().dtype(at::kFloat);
     part_out = at::empty({rows_total, p.num_heads, p.num_splits, D}, f32);
     part_lse = at::empty({rows_total, p.num_heads, p.num_splits}, f32);
     p.part_out = part_out.data_ptr<float>();
     p.part_lse = part_lse.data_ptr<float>();
-    if (!separate_merge) {
-      // Arrival counters, zeroed on the stream at every launch (a memset node under graph
-      // capture): robust to concurrent launches on other streams and to an aborted launch,
-      // unlike a persistent self-resetting buffer; the kernel's last CTA resets them too.
-      const int64_t n = static_cast<int64_t>(num_tiles) * p.num_kv_heads;
-      counters = at::empty({n}, query.options().dtype(at::kInt));
-      C10_CUDA_CHECK(cudaMemsetAsync(counters.data_ptr<int>(), 0, n * sizeof(int), stream));
-      p.counters = counters.data_ptr<int>();
-    }
   }
   ferrum::attn::launch_attention<T, D, MT>(p, num_tiles, stream);
-  if (p.num_splits > 1 && separate_merge) ferrum::attn::launch_merge<T, D>(p, static_cast<int>(rows_total), stream);
+  if (p.num_splits > 1) ferrum::attn::launch_merge<T, D>(p, static_cast<int>(rows_total), stream);
 }
 
 // Split plan of decode v2. The kernel is memory-bound once enough CTAs stream at
@@ -304,7 +286,7 @@ void launch_prefill_part(const AttnParams& p, const at::Tensor& out, const at::T
 // Returns false (nothing launched) when the prefill kernel is not to be used.
 bool varlen_with_prefill_kernel(AttnParams& p, const at::Tensor& out, const at::Tensor& query,
                                 const at::Tensor& cu_seqlens_q, bool tiled_q4, int64_t max_seq_len, int64_t max_q_len,
-                                int64_t num_splits, bool force, bool separate_merge, cudaStream_t stream) {
+                                int64_t num_splits, bool force, cudaStream_t stream) {
   constexpr int kMin = ferrum::attn::prefill::kMinChunk;
   const int64_t M = query.size(0), B = p.num_seqs;
   const int64_t mq = max_q_len < 0 ? (force ? M : -1) : max_q_len;
@@ -331,9 +313,9 @@ bool varlen_with_prefill_kernel(AttnParams& p, const at::Tensor& out, const at::
   FERRUM_DISPATCH_ATTN_DTYPE(query.scalar_type(), [&] {
     FERRUM_DISPATCH_HEAD_DIM(static_cast<int>(query.size(2)), [&] {
       if (num_tiles > 0) {
-        if (mt == 1) run<scalar_t, kD, 1>(p, query, num_tiles, M, max_seq_len, num_splits, separate_merge, stream);
-        else if (mt == 2) run<scalar_t, kD, 2>(p, query, num_tiles, M, max_seq_len, num_splits, separate_merge, stream);
-        else run<scalar_t, kD, 4>(p, query, num_tiles, M, max_seq_len, num_splits, separate_merge, stream);
+        if (mt == 1) run<scalar_t, kD, 1>(p, query, num_tiles, M, max_seq_len, num_splits, stream);
+        else if (mt == 2) run<scalar_t, kD, 2>(p, query, num_tiles, M, max_seq_len, num_splits, stream);
+        else run<scalar_t, kD, 4>(p, query, num_tiles, M, max_seq_len, num_splits, stream);
       }
       launch_prefill_part<scalar_t, kD>(p, out, cu_seqlens_q, tq, max_seq_len, static_cast<int>(pf_tiles), stream);
     });
@@ -347,10 +329,8 @@ void paged_attention_decode(at::Tensor& out, const at::Tensor& query, const at::
                             const at::Tensor& value_cache, const at::Tensor& block_tables,
                             const at::Tensor& seq_lens, double scale, c10::string_view layout, int64_t max_seq_len,
                             int64_t num_splits, c10::string_view variant) {
-  TORCH_CHECK(variant == "auto" || variant == "v1" || variant == "v2" || variant == "v1_merge",
-              "kernel: expected \"auto\", \"v1\", \"v2\" or \"v1_merge\", got \"", variant, "\"");
-  // v1_merge: v1 with the previous separate split-K merge kernel (auto and v1 fuse the merge).
-  const bool separate_merge = variant == "v1_merge";
+  TORCH_CHECK(variant == "auto" || variant == "v1" || variant == "v2",
+              "kernel: expected \"auto\", \"v1\" or \"v2\", got \"", variant, "\"");
   // auto = v1: on the H100, v2 (4 CTAs/SM) was 7% faster only at batch 1 and 3-17% slower at
   // every other benchmark shape (docs/benchmarks.md); it stays selectable for that work.
   const bool v2 = variant == "v2";
@@ -377,7 +357,7 @@ void paged_attention_decode(at::Tensor& out, const at::Tensor& query, const at::
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   FERRUM_DISPATCH_ATTN_DTYPE(query.scalar_type(), [&] {
     FERRUM_DISPATCH_HEAD_DIM(static_cast<int>(query.size(2)), [&] {
-      if (!v2) run<scalar_t, kD, 1>(p, query, static_cast<int>(B), B, max_seq_len, num_splits, separate_merge, stream);
+      if (!v2) run<scalar_t, kD, 1>(p, query, static_cast<int>(B), B, max_seq_len, num_splits, stream);
       else if (p.vllm_layout) run_v2<scalar_t, kD, true>(p, query, static_cast<int>(B), max_seq_len, num_splits, stream);
       else run_v2<scalar_t, kD, false>(p, query, static_cast<int>(B), max_seq_len, num_splits, stream);
     });
@@ -414,16 +394,13 @@ void paged_attention_varlen(at::Tensor& out, const at::Tensor& query, const at::
   p.num_seqs = static_cast<int>(B);
   p.scale_log2 = static_cast<float>(scale * M_LOG2E);
 
-  // Bit 2 (+4) of prefill_path: internal switch to the separate split-K merge kernel.
-  TORCH_CHECK(prefill_path >= 0 && prefill_path <= 6 && (prefill_path & 3) <= 2, "prefill_path: expected 0 (auto), "
-              "1 (prefill kernel) or 2 (previous kernels only), + 4 for the separate split-K merge, got ", prefill_path);
-  const bool separate_merge = (prefill_path & 4) != 0;
-  prefill_path &= 3;
+  TORCH_CHECK(prefill_path >= 0 && prefill_path <= 2, "prefill_path: expected 0 (auto), 1 (prefill kernel) or 2 "
+              "(previous kernels only), got ", prefill_path);
 
   const c10::cuda::OptionalCUDAGuard guard(query.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   if (prefill_path != 2 && varlen_with_prefill_kernel(p, out, query, cu_seqlens_q, tiled_q4, max_seq_len, max_q_len,
-                                                      num_splits, prefill_path == 1, separate_merge, stream)) {
+                                                      num_splits, prefill_path == 1, stream)) {
     return;
   }
   // Tiled: 4 query tokens per CTA; for long chunks (max_q_len >= 64) 64 query rows
@@ -454,9 +431,9 @@ void paged_attention_varlen(at::Tensor& out, const at::Tensor& query, const at::
   }
   FERRUM_DISPATCH_ATTN_DTYPE(query.scalar_type(), [&] {
     FERRUM_DISPATCH_HEAD_DIM(static_cast<int>(query.size(2)), [&] {
-      if (mt == 1) run<scalar_t, kD, 1>(p, query, num_tiles, M, max_seq_len, num_splits, separate_merge, stream);
-      else if (mt == 2) run<scalar_t, kD, 2>(p, query, num_tiles, M, max_seq_len, num_splits, separate_merge, stream);
-      else run<scalar_t, kD, 4>(p, query, num_tiles, M, max_seq_len, num_splits, separate_merge, stream);
+      if (mt == 1) run<scalar_t, kD, 1>(p, query, num_tiles, M, max_seq_len, num_splits, stream);
+      else if (mt == 2) run<scalar_t, kD, 2>(p, query, num_tiles, M, max_seq_len, num_splits, stream);
+      else run<scalar_t, kD, 4>(p, query, num_tiles, M, max_seq_len, num_splits, stream);
     });
   });
 }

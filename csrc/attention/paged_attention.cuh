@@ -11,9 +11,7 @@
 // K/V stream through a kStages-deep cp.async pipeline of 64-token stages
 // (zero-filled past the end of the range), online softmax in the log2 domain.
 // Long contexts are split across CTAs (split-K): each split writes a
-// normalised fp32 partial and its log2-sum-exp. Fused merge (default): the
-// last CTA of each (tile, kv head) to finish (an atomic arrival counter) combines
-// the partials of its rows in fixed split order; else merge_splits_kernel does.
+// normalised fp32 partial and its log2-sum-exp; merge_kernel combines them.
 //
 // Napkin math (H100, h128, bf16): a token of one kv head is 512 bytes of K+V;
 // at 3 TB/s an SM receives ~13 B/clk, i.e. one 32 KiB stage per ~2400 clk,
@@ -54,7 +52,6 @@ struct AttnParams {
   void* out;
   float* part_out;  // [rows_total, H, num_splits, D] when num_splits > 1
   float* part_lse;  // [rows_total, H, num_splits] (log2 domain)
-  int* counters;    // [tiles, kv_heads] arrival counters, zero at launch: fused merge; nullptr: merge_splits_kernel
   const void* k_cache;
   const void* v_cache;
   const int* block_tables;
@@ -107,78 +104,6 @@ __device__ __forceinline__ int visible_end(const AttnParams& p, int seq_len, int
   return max(end, 0);
 }
 
-// ---- fused split-K merge (device function) -------------------------------
-
-// Run by the last CTA of a (tile, kv head): for each of its valid_rows rows (query
-// token r / group, head kvh * group + r % group), out = sum_j w_j O_j / sum_j w_j
-// with w_j = exp2(lse_j - max_j lse_j) over the n_r = ceil(end_r / tokens_per_split)
-// splits that hold keys of the row, summed in split order (bit-identical whatever
-// order the CTAs arrived in). Rows with no visible key get zeros. The partials were
-// written by other CTAs: loads bypass L1 (ld.global.cg). `smem`: >= 2 * 64 floats.
-// Warps first reduce each row's max lse (lanes across splits), then every thread
-// walks its (row, 4-dim) pairs over the splits with kMergeBatch loads in flight.
-constexpr int kMergeBatch = 16;
-
-template <typename T, int D>
-__device__ __forceinline__ void merge_rows_of_tile(const AttnParams& p, float* smem, int tid, int kvh, int q_row0,
-                                                   int valid_rows, int seq_len, int qpos0) {
-  float* s_base = smem;                              // [valid_rows] max lse (0 when none)
-  int* s_n = reinterpret_cast<int*>(smem + 64);      // [valid_rows] splits of the row
-  const int lane = tid & 31, warp = tid >> 5;
-  const int tps = p.tokens_per_split;
-  for (int r = warp; r < valid_rows; r += kWarps) {
-    const int qt = r / p.group, head = kvh * p.group + r % p.group;
-    const int end = visible_end(p, seq_len, qpos0 + qt);
-    const int n = min((end + tps - 1) / tps, p.num_splits);
-    const int64_t prow = (static_cast<int64_t>(q_row0 + qt) * p.num_heads + head) * p.num_splits;
-    float mx = -INFINITY;
-    for (int j = lane; j < n; j += 32) mx = fmaxf(mx, __ldcg(p.part_lse + prow + j));
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
-    if (lane == 0) {
-      s_base[r] = mx == -INFINITY ? 0.f : mx;
-      s_n[r] = n;
-    }
-  }
-  __syncthreads();
-
-  constexpr int Q = D / 4;  // float4 lanes per row
-  for (int it = tid; it < valid_rows * Q; it += kThreads) {
-    const int r = it / Q, d = (it % Q) * 4;
-    const int qt = r / p.group, head = kvh * p.group + r % p.group;
-    const int64_t row = q_row0 + qt;
-    const int64_t prow = (row * p.num_heads + head) * p.num_splits;
-    const int n = s_n[r];
-    const float base = s_base[r];
-    const float* lse = p.part_lse + prow;
-    const float* po = p.part_out + prow * D + d;
-    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-    float wsum = 0.f;
-    for (int j0 = 0; j0 < n; j0 += kMergeBatch) {
-      float l[kMergeBatch];
-      float4 x[kMergeBatch];
-#pragma unroll
-      for (int b = 0; b < kMergeBatch; ++b) {  // all loads of the batch first
-        const bool ok = j0 + b < n;
-        l[b] = ok ? __ldcg(lse + j0 + b) : -INFINITY;
-        x[b] = ok ? __ldcg(reinterpret_cast<const float4*>(po + static_cast<int64_t>(j0 + b) * D))
-                  : make_float4(0.f, 0.f, 0.f, 0.f);
-      }
-#pragma unroll
-      for (int b = 0; b < kMergeBatch; ++b) {  // then accumulate in split order
-        const float w = fast_exp2(l[b] - base);  // exp2(-inf) = 0 for padding and empty splits
-        wsum += w;
-        acc.x += w * x[b].x; acc.y += w * x[b].y; acc.z += w * x[b].z; acc.w += w * x[b].w;
-      }
-    }
-    const float inv = wsum > 0.f ? 1.f / wsum : 0.f;
-    Packed<T, 4> v;
-    v.v[0] = from_float<T>(acc.x * inv); v.v[1] = from_float<T>(acc.y * inv);
-    v.v[2] = from_float<T>(acc.z * inv); v.v[3] = from_float<T>(acc.w * inv);
-    store_packed<T, 4>(static_cast<T*>(p.out) + row * p.out_row_stride + head * p.out_head_stride + d, v);
-  }
-}
-
 // ---- the attention kernel --------------------------------------------------
 
 // T: __half / __nv_bfloat16; D: head_dim; MT: m16 tiles of query rows
@@ -224,10 +149,7 @@ __global__ void __launch_bounds__(kThreads) paged_attention_kernel(const AttnPar
   const int kv_end = visible_end(p, seq_len, qpos0 + n_q - 1);
   const int kv_begin = split * p.tokens_per_split;
   // Splits past the end write nothing: the merge reads only ceil(end / tokens_per_split) of them.
-  // Split 0 always runs (even with no key: it then writes lse = -inf), so the fused merge of a
-  // tile has at least one arrival and rows without a visible key still get their zeros.
-  const int n_arrive = max(1, (kv_end + p.tokens_per_split - 1) / p.tokens_per_split);
-  if (p.num_splits > 1 && split >= n_arrive) return;
+  if (p.num_splits > 1 && kv_begin >= kv_end) return;
   const int range_end = min(kv_end, kv_begin + p.tokens_per_split);
   const int n_tok = max(range_end - kv_begin, 0);
   const int n_stages = (n_tok + kStageTokens - 1) / kStageTokens;
@@ -500,26 +422,6 @@ __global__ void __launch_bounds__(kThreads) paged_attention_kernel(const AttnPar
       if (d == 0) p.part_lse[prow] = L > 0.f ? base + __log2f(L) : -INFINITY;
     }
   }
-  if (p.num_splits == 1 || p.counters == nullptr) return;
-
-  // ---- fused split-K merge: the last CTA of (tile, kv head) to arrive ----
-  // Classic fence + counter pattern: every thread's partial stores are made
-  // device-visible before thread 0 counts this CTA in; the CTA that brings the
-  // count to n_arrive has seen (through the counter) every other CTA's fence.
-  int* s_flag = reinterpret_cast<int*>(sML);  // sML is free after the combine loop (barrier below)
-  __threadfence();
-  __syncthreads();
-  if (tid == 0) {
-    int* ctr = p.counters + static_cast<int64_t>(tile) * p.num_kv_heads + kvh;
-    const int prev = atomicAdd(ctr, 1);
-    const int last = prev == n_arrive - 1;
-    if (last) *ctr = 0;  // ready for the next launch (the launcher also zeroes them each launch)
-    *s_flag = last;
-  }
-  __syncthreads();
-  if (*s_flag == 0) return;
-  __threadfence();
-  merge_rows_of_tile<T, D>(p, reinterpret_cast<float*>(smem_raw), tid, kvh, q_row0, valid_rows, seq_len, qpos0);
 }
 
 // ---- split-K merge ---------------------------------------------------------

@@ -19,9 +19,7 @@ from ferrum_ext.ops._dispatch import LIB
 
 _HEAD_DIMS = (64, 96, 128, 256)
 _BLOCK_SIZES = (8, 16, 32)
-# paged_attention_decode's CUDA kernel choice; "v1_merge" = v1 with the separate split-K merge
-# kernel (the previous path, kept until the fused merge is proven on the GPU).
-_DECODE_KERNELS = ("auto", "v1", "v2", "v1_merge")
+_DECODE_KERNELS = ("auto", "v1", "v2")  # paged_attention_decode's CUDA kernel choice
 
 
 def check_kernel_support(name: str, dtype: torch.dtype, head_dim: int, block_size: int | None = None,
@@ -123,8 +121,7 @@ def paged_attention_decode(query: torch.Tensor, key_cache: torch.Tensor, value_c
     launch (split-K plan) depends only on it, so a CUDA graph captured once stays valid while
     seq_lens / block_tables change below it. num_splits: force the split count (None = auto).
     kernel: "auto" (= "v1"), or "v1" / "v2" to pick the CUDA kernel (tests and benchmarks);
-    "v1_merge" is v1 with its split-K merge as a separate kernel instead of fused into the last
-    CTA of each (row, kv head) (internal, for comparisons); no numerical meaning, ignored on CPU.
+    no numerical meaning, ignored on CPU.
     """
     if kernel not in _DECODE_KERNELS:
         raise ValueError(f"kernel: expected one of {_DECODE_KERNELS}, got {kernel!r}")
@@ -162,9 +159,8 @@ def _check_varlen_values(query, cu_seqlens_q, seq_lens) -> None:
                              f"longer than its context {n}")
 
 
-# _prefill_path of paged_attention_varlen -> the op's prefill_path argument (+ 4: _split_merge="separate").
+# _prefill_path of paged_attention_varlen -> the op's prefill_path argument.
 _PREFILL_PATHS = {"auto": 0, "new": 1, "old": 2}
-_SPLIT_MERGES = ("fused", "separate")
 
 
 def paged_attention_varlen(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
@@ -172,7 +168,7 @@ def paged_attention_varlen(query: torch.Tensor, key_cache: torch.Tensor, value_c
                            scale: float, layout: str = "vllm", tiled_q4: bool = False, *,
                            max_seq_len: int | None = None, max_q_len: int | None = None,
                            num_splits: int | None = None, out: torch.Tensor | None = None,
-                           _prefill_path: str = "auto", _split_merge: str = "fused") -> torch.Tensor:
+                           _prefill_path: str = "auto") -> torch.Tensor:
     """Packed queries [M, H, D] of several sequences (offsets cu_seqlens_q [B + 1]) against the paged
     cache, causal: query i of sequence s sits at seq_lens[s] - q_len[s] + i. tiled_q4: one CTA serves
     4 consecutive query tokens x all heads of a kv group. max_seq_len as in paged_attention_decode.
@@ -182,9 +178,7 @@ def paged_attention_varlen(query: torch.Tensor, key_cache: torch.Tensor, value_c
     captured for (M, B, max_seq_len, max_q_len) replays with any split of M.
     _prefill_path (internal, until the prefill kernel is proven): "auto"; "new" forces the prefill
     kernel for chunks >= 64 (even with max_q_len None or a small grid); "old" uses only the previous
-    kernels (tiled_q4 with max_q_len >= 64: 64 query rows per CTA).
-    _split_merge (internal): "fused" merges split-K partials in the last CTA of each (tile, kv head);
-    "separate" uses the previous merge kernel (a second launch)."""
+    kernels (tiled_q4 with max_q_len >= 64: 64 query rows per CTA)."""
     _check_query(query)
     kvh, bs = check_kv_cache(key_cache, value_cache, layout, query.dtype, query.shape[2], "query", query)
     _check_group(query, kvh, bs)
@@ -201,8 +195,6 @@ def paged_attention_varlen(query: torch.Tensor, key_cache: torch.Tensor, value_c
     splits = _resolve_num_splits(num_splits)
     if _prefill_path not in _PREFILL_PATHS:
         raise ValueError(f"_prefill_path: expected one of {tuple(_PREFILL_PATHS)}, got {_prefill_path!r}")
-    if _split_merge not in _SPLIT_MERGES:
-        raise ValueError(f"_split_merge: expected one of {_SPLIT_MERGES}, got {_split_merge!r}")
     if query.device.type == "cpu" and not torch.compiler.is_compiling():
         _check_varlen_values(query, cu_seqlens_q, seq_lens)
     if out is None:
@@ -210,16 +202,14 @@ def paged_attention_varlen(query: torch.Tensor, key_cache: torch.Tensor, value_c
     else:
         check_out(out, query.shape, "query", query)
     if cuda_ops_available():
-        path = _PREFILL_PATHS[_prefill_path] + (4 if _split_merge == "separate" else 0)
         torch.ops.ferrum_ext.paged_attention_varlen(out, query, key_cache, value_cache, cu_seqlens_q, seq_lens,
                                                     block_tables, float(scale), layout, bool(tiled_q4),
                                                     max_seq_len, -1 if max_q_len is None else max_q_len, splits,
-                                                    path)
+                                                    _PREFILL_PATHS[_prefill_path])
         return out
     return reference.paged_attention_varlen(query, key_cache, value_cache, cu_seqlens_q, seq_lens, block_tables,
                                             float(scale), layout, tiled_q4, max_seq_len=max_seq_len,
-                                            num_splits=num_splits, out=out, _prefill_path=_prefill_path,
-                                            _split_merge=_split_merge)
+                                            num_splits=num_splits, out=out, _prefill_path=_prefill_path)
 
 
 def register() -> None:

@@ -13,8 +13,6 @@ from ferrum_ext.testing import assert_rel_close, make_cache, make_problem, poiso
 DTYPES = (torch.float16, torch.bfloat16)
 LAYOUTS = ("vllm", "nhd")
 KERNELS = ("v1", "v2")  # paged_attention_decode's CUDA kernels ("auto" = "v1")
-# + v1 with the previous separate split-K merge kernel (v1 fuses the merge into its last CTA)
-KERNELS_ALL = KERNELS + ("v1_merge",)
 
 
 def _decode(q, kc, vc, bt, sl, layout, **kw):
@@ -274,7 +272,7 @@ def test_decode_v1_v2_agree(layout, head_dim):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("kernel", KERNELS_ALL)
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("group", (1, 2, 3, 4, 5, 8, 16))
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_decode_gqa_groups(group, layout, kernel):
@@ -286,7 +284,7 @@ def test_decode_gqa_groups(group, layout, kernel):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("kernel", KERNELS_ALL)
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_decode_long_context_split_paths_agree(layout, dtype, kernel):
@@ -312,7 +310,7 @@ def test_decode_many_sequences_mixed():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("kernel", KERNELS_ALL)
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_decode_unused_block_table_entries_never_read(layout, kernel):
     """Entries past ceil(seq_len / block_size) hold a huge id: reading one would fault."""
@@ -327,13 +325,10 @@ def test_decode_unused_block_table_entries_never_read(layout, kernel):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("splits", (None, 7))
-@pytest.mark.parametrize("kernel", KERNELS_ALL)
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_decode_cuda_graph_replay(layout, kernel, splits):
-    """Capture once for an upper bound max_seq_len, then change seq_lens and block_tables in place.
-    Both split counts are > 1 (auto: 16 x 512 on an H100), so replays reuse the scratch and the
-    fused merge's arrival counters (zeroed by a memset node of the graph)."""
+def test_decode_cuda_graph_replay(layout, kernel):
+    """Capture once for an upper bound max_seq_len, then change seq_lens and block_tables in place."""
     max_len, bs = 8192, 16
     first = [100, 4000, 1, 2048]
     q, kc, vc, bt, sl = make_problem([max_len] * 4, 32, 4, 128, bs, torch.bfloat16, layout, "cuda", seed=2,
@@ -345,12 +340,11 @@ def test_decode_cuda_graph_replay(layout, kernel, splits):
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
         ops.paged_attention_decode(q, kc, vc, bt, sl, scale, layout, max_seq_len=max_len, out=out,
-                                   kernel=kernel, num_splits=splits)  # warm-up
+                                   kernel=kernel)  # warm-up
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        ops.paged_attention_decode(q, kc, vc, bt, sl, scale, layout, max_seq_len=max_len, out=out, kernel=kernel,
-                                   num_splits=splits)
+        ops.paged_attention_decode(q, kc, vc, bt, sl, scale, layout, max_seq_len=max_len, out=out, kernel=kernel)
     for lens in (first, [8192, 3, 777, 0], [17, 8000, 8191, 4096]):
         sl.copy_(torch.tensor(lens, dtype=torch.int32))
         bt.copy_(bt[torch.randperm(4, device="cuda")])
@@ -359,52 +353,7 @@ def test_decode_cuda_graph_replay(layout, kernel, splits):
         graph.replay()
         torch.cuda.synchronize()
         assert_rel_close(out, reference.paged_attention_decode(q, kc, vc, bt, sl, scale, layout),
-                         what=f"{kernel} splits={splits} {lens}")
-        assert torch.count_nonzero(out[sl == 0]) == 0, f"{kernel} splits={splits} {lens}: seq_len 0 -> zeros"
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("head_dim,group", ((128, 8), (64, 16), (256, 4)))
-def test_decode_split_k_deterministic(layout, head_dim, group):
-    """The fused merge (last CTA of each (row, kv head)) sums the splits in split order, so
-    repeated runs are bit-identical whatever order the CTAs finished in; also against the
-    separate merge kernel (another summation order: close, not equal) and the reference."""
-    gen = torch.Generator().manual_seed(31)
-    seq_lens = torch.randint(0, 9000, (9,), generator=gen).tolist() + [0, 1, 32768]
-    kvh = 2
-    q, kc, vc, bt, sl = make_problem(seq_lens, kvh * group, kvh, head_dim, 16, torch.bfloat16, layout, "cuda",
-                                     seed=31 + head_dim)
-    for splits in (None, 5, 64, 256):
-        what = f"{layout} d{head_dim} group {group} splits={splits}"
-        first, ref = _decode(q, kc, vc, bt, sl, layout, num_splits=splits, kernel="v1")
-        assert_rel_close(first, ref, what=f"fused {what}")
-        assert torch.count_nonzero(first[9]) == 0, f"fused {what}: seq_len 0 must give zeros"
-        for rep in range(3):
-            again, _ = _decode(q, kc, vc, bt, sl, layout, num_splits=splits, kernel="v1")
-            diff = (again.float() - first.float()).abs().max().item()
-            assert torch.equal(again, first), f"fused {what}: run {rep + 2} differs from run 1 (max |diff| {diff})"
-        sep, _ = _decode(q, kc, vc, bt, sl, layout, num_splits=splits, kernel="v1_merge")
-        assert_rel_close(sep, ref, what=f"separate merge {what}")
-        assert_rel_close(first, sep, what=f"fused vs separate merge {what}")
-
-
-@pytest.mark.gpu
-def test_decode_fused_merge_many_launches():
-    """Back-to-back launches on one stream (fresh counters each) with changing lengths: a counter
-    left non-zero or a missed merge would leave poison in `out`."""
-    q, kc, vc, bt, sl = make_problem([4096] * 3, 16, 2, 128, 16, torch.float16, "vllm", "cuda", seed=41)
-    scale = 1 / math.sqrt(128)
-    outs = []
-    lens_list = [[4096, 1, 0], [2000, 4096, 63], [65, 64, 4095]] * 3
-    for lens in lens_list:
-        sl.copy_(torch.tensor(lens, dtype=torch.int32))
-        out = poison_(torch.empty_like(q))
-        ops.paged_attention_decode(q, kc, vc, bt, sl, scale, "vllm", max_seq_len=4096, num_splits=16, out=out)
-        outs.append((lens, out, reference.paged_attention_decode(q, kc, vc, bt, sl.clone(), scale, "vllm")))
-    torch.cuda.synchronize()
-    for lens, out, ref in outs:
-        assert_rel_close(out, ref, what=f"lens {lens}")
+                         what=f"{kernel} {lens}")
 
 
 @pytest.mark.gpu

@@ -130,38 +130,14 @@ def test_varlen_groups_and_block_sizes(tiled, max_q_len, group, block_size):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("merge", ("fused", "separate"))
 @pytest.mark.parametrize("tiled", (False, True))
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_varlen_split_k_long_context(tiled, layout, merge):
+def test_varlen_split_k_long_context(tiled, layout):
     q_lens, ctx = [4, 1, 3], [20000, 9000, 4097]
     args = _varlen_problem(q_lens, ctx, 32, 4, 128, 16, torch.float16, layout, "cuda", seed=4)
     for splits in (None, 1, 17):
-        out, ref = _run(args, layout, tiled, num_splits=splits, _split_merge=merge)
-        assert_rel_close(out, ref, what=f"{merge} merge num_splits={splits}")
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("tiled,max_q_len", ((False, None), (True, None), (True, 100)))
-@pytest.mark.parametrize("group", (4, 8, 16))
-def test_varlen_split_k_deterministic(tiled, max_q_len, group):
-    """Fused merge: the last CTA of each (tile, kv head) merges its rows in split order, so repeated
-    runs are bit-identical; rows of one tile see different key counts (causal), chunks of 0 and
-    of one token, a chunk as long as its context, tiles that straddle splits."""
-    q_lens = [5, 0, 1, 13, 7, 100, 2]
-    ctx = [9000, 30, 1, 13, 4100, 6000, 2]
-    kvh = 2
-    args = _varlen_problem(q_lens, ctx, kvh * group, kvh, 128, 16, torch.bfloat16, "vllm", "cuda", seed=group)
-    for splits in (None, 3, 17, 141):
-        what = f"tiled={tiled} max_q_len={max_q_len} group {group} splits={splits}"
-        first, ref = _run(args, "vllm", tiled, max_q_len=max_q_len, num_splits=splits)
-        assert_rel_close(first, ref, what=f"fused {what}")
-        for rep in range(2):
-            again, _ = _run(args, "vllm", tiled, max_q_len=max_q_len, num_splits=splits)
-            diff = (again.float() - first.float()).abs().max().item()
-            assert torch.equal(again, first), f"fused {what}: run {rep + 2} differs from run 1 (max |diff| {diff})"
-        sep, _ = _run(args, "vllm", tiled, max_q_len=max_q_len, num_splits=splits, _split_merge="separate")
-        assert_rel_close(sep, ref, what=f"separate merge {what}")
+        out, ref = _run(args, layout, tiled, num_splits=splits)
+        assert_rel_close(out, ref, what=f"num_splits={splits}")
 
 
 @pytest.mark.gpu
@@ -177,21 +153,16 @@ def test_varlen_decode_rows_agree_with_decode(layout):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("splits", (None, 9))
-@pytest.mark.parametrize("merge", ("fused", "separate"))
 @pytest.mark.parametrize("tiled,max_q_len", ((False, None), (True, None), (True, 64)))
-def test_varlen_cuda_graph_replay(tiled, max_q_len, merge, splits):
-    """Capture for fixed M, B and max_seq_len; replay with other q_len splits and contexts.
-    Split-K in every case (auto: >= 2 splits on an H100; 9 forced): replays reuse the scratch and
-    the fused merge's arrival counters."""
+def test_varlen_cuda_graph_replay(tiled, max_q_len):
+    """Capture for fixed M, B and max_seq_len; replay with other q_len splits and contexts."""
     m, b, max_len = 24, 4, 4096
     q, kc, vc, cu, sl, bt = _varlen_problem([6] * b, [max_len] * b, 16, 4, 128, 16, torch.bfloat16, "nhd", "cuda",
                                             seed=8)
     scale = 1 / math.sqrt(128)
     out = torch.empty_like(q)
     run = lambda: ops.paged_attention_varlen(q, kc, vc, cu, sl, bt, scale, "nhd", tiled,  # noqa: E731
-                                             max_seq_len=max_len, max_q_len=max_q_len, out=out,
-                                             num_splits=splits, _split_merge=merge)
+                                             max_seq_len=max_len, max_q_len=max_q_len, out=out)
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
@@ -210,7 +181,7 @@ def test_varlen_cuda_graph_replay(tiled, max_q_len, merge, splits):
         torch.cuda.synchronize()
         assert sum(q_lens) == m
         ref = reference.paged_attention_varlen(q, kc, vc, cu, sl, bt, scale, "nhd")
-        assert_rel_close(out, ref, what=f"{merge} merge splits={splits} q_lens {q_lens} ctx {ctx}")
+        assert_rel_close(out, ref, what=f"q_lens {q_lens} ctx {ctx}")
 
 
 @pytest.mark.gpu
@@ -233,17 +204,12 @@ def test_varlen_prefill_path_error():
     for path in ("auto", "new", "old"):  # CPU: the reference whatever the path
         out = ops.paged_attention_varlen(q, kc, vc, cu, sl, bt, 0.125, _prefill_path=path)
         assert_rel_close(out, reference.paged_attention_varlen(q, kc, vc, cu, sl, bt, 0.125))
-    with pytest.raises(ValueError, match="_split_merge"):
-        ops.paged_attention_varlen(q, kc, vc, cu, sl, bt, 0.125, _split_merge="late")
-    for merge in ("fused", "separate"):
-        out = ops.paged_attention_varlen(q, kc, vc, cu, sl, bt, 0.125, _split_merge=merge)
-        assert_rel_close(out, reference.paged_attention_varlen(q, kc, vc, cu, sl, bt, 0.125))
 
 
 @pytest.mark.skipif(not ferrum_ext.cuda_ops_available(), reason="needs the built extension (op registration)")
 def test_varlen_prefill_opcheck_cpu():
     q, kc, vc, cu, sl, bt = _varlen_problem([70, 5], [80, 20], 8, 2, 64, 16, torch.float16, "vllm", "cpu")
-    for path in (0, 1, 2, 4, 6):  # + 4: the separate split-K merge
+    for path in (0, 1, 2):
         torch.library.opcheck(torch.ops.ferrum_ext.paged_attention_varlen,
                               (torch.empty_like(q), q, kc, vc, cu, sl, bt, 0.125, "vllm", True, 96, 70, 0, path))
 
@@ -380,6 +346,6 @@ def test_prefill_cuda_graph_replay(tiled, path):
 @pytest.mark.gpu
 def test_prefill_opcheck_cuda():
     q, kc, vc, cu, sl, bt = _varlen_problem([70, 5], [80, 20], 8, 2, 64, 16, torch.bfloat16, "nhd", "cuda")
-    for path in (0, 1, 2, 4, 6):  # + 4: the separate split-K merge
+    for path in (0, 1, 2):
         torch.library.opcheck(torch.ops.ferrum_ext.paged_attention_varlen,
                               (torch.empty_like(q), q, kc, vc, cu, sl, bt, 0.125, "nhd", True, 96, 70, 0, path))
