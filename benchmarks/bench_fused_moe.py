@@ -11,9 +11,7 @@ tensor-core-bound (rate: TFLOP/s against the bf16 matmul ceiling). Both rates ar
 Variants: "eager" (Python wrappers, launches included), "graph" (the same step captured in a CUDA
 graph and replayed: the launch-free number a captured decode step sees); on Hopper, for T >= 256, also
 "graph ..., tier prefill_mma" and "..., tier prefill_sm90" (both prefill tiers forced: "auto" takes the CUTLASS
-tier from T*k >= ops.moe.MOE_SM90_MIN_PAIRS); where the
-automatic choice is the "stream" path (T <= 16), also "graph gemv/small (legacy)": the tier it replaced, forced.
-Baseline, timed in the same
+tier from T*k >= ops.moe.MOE_SM90_MIN_PAIRS). Baseline, timed in the same
 run: a PyTorch pipeline (softmax / top-k, argsort, torch._grouped_mm for both GEMMs, index_add
 combine; a per-expert loop of matmuls where _grouped_mm is missing).
 """
@@ -154,12 +152,6 @@ def run(ctx):
                     line = f"unavailable ({type(exc).__name__}: {exc})"
                 print(f"fused_moe kernels, {case}, tier {tier}: {line}", flush=True)
         timings = [("graph", t_graph), ("eager", t_eager)]
-        if num_tokens * k <= ops.moe.MOE_STREAM_MAX_PAIRS and num_tokens <= ops.moe.MOE_STREAM_AUTO_MAX_TOKENS:
-            # auto runs the "stream" path here; time the tier it replaced in the same run.
-            legacy = "gemv" if num_tokens < 4 else "small"
-            legacy_graphs = _graphs(sets, lambda x, lg, o: ours(x, lg, w13, w2, k, o, legacy))
-            timings.append((f"graph {legacy} (legacy)", ctx.time(lambda g: g.replay(), legacy_graphs)))
-            del legacy_graphs
         t_base = ctx.time(lambda x, lg, o: baseline(x, lg, w13, w2, k), sets)
         for variant, t in timings:
             bw = ctx.row("fused_moe", case, dtype, t, bytes_moved=weight_bytes, baseline=t_base,

@@ -82,7 +82,7 @@ def moe():
             w2 = torch.randn(16, 192, 128, device="cuda", dtype=dtype) * 0.05
             w, ids = ops.moe_route(torch.randn(tokens, 16, device="cuda"), 3, True)
             ids[::3, 1] = -1
-            for tier in ("stream", "gemv", "small", "prefill", "prefill_mma", "prefill_sm90"):
+            for tier in ("gemv", "small", "prefill", "prefill_mma", "prefill_sm90"):
                 if tier == "prefill_sm90" and torch.cuda.get_device_capability()[0] != 9:
                     continue
                 ops.fused_moe(x, w13, w2, w, ids, tier=tier)

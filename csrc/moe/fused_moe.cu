@@ -1,18 +1,16 @@
 // Launcher of fused_moe.
 //
 // Tier from the host-known token count T, pairs P = T * k and the caller's thresholds ("auto"):
-//   P <= 128 and (T < gemv_threshold or (T <= 16 and T < prefill_threshold))
-//                                 "stream":  two persistent weight-streaming kernels, no align,
-//                                            combine fused into the down kernel (stream.cuh)
 //   T < gemv_threshold            "gemv":    align -> weight-streaming GEMV x2 -> combine, block_m 4
 //   T < prefill_threshold         "small":   align -> mma.sync x2 (block_m 16, block_n 128) -> combine
 //   otherwise                     "prefill": P >= kSm90MinPairs on sm_90a builds and 9.x devices: the
 //                                            Hopper tier (CUTLASS grouped GEMMs, prefill_sm90.cu);
 //                                            else align -> mma.sync x2 (block_m 64 or 128) -> combine
-// A forced tier runs exactly that path ("stream" falls back to "gemv" when P > 128; "prefill_mma" /
-// "prefill_sm90" force one of the two prefill tiers whatever P).
+// A forced tier runs exactly that path ("prefill_mma" / "prefill_sm90" force one of the two prefill
+// tiers whatever P).
 // Workspace from the caching allocator, sizes from (T, k, E, block_m) alone:
-// h [T*k, I] (+ y [T*k, H] and O(T*k + E*block_m) int32 ids outside "stream"). No host sync.
+// h [T*k, I] + y [T*k, H] activations and O(T*k + E*block_m) int32 ids (the Hopper tier: prefill_sm90.cu).
+// No host sync.
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <ATen/ops/empty.h>
@@ -21,22 +19,17 @@
 #include <string>
 
 #include "common/checks.h"
-#include "common/device_info.h"
 #include "common/dispatch.h"
 #include "moe/combine.cuh"
 #include "moe/moe_align_launch.h"
 #include "moe/moe_common.cuh"
 #include "moe/prefill_sm90.h"
-#include "moe/moe_stream_launch.h"
 #include "moe/pdl_launch.h"
 #include "ops.h"
 
 namespace {
 
-enum class Tier { kStream, kGemv, kSmall, kPrefill, kPrefillMma, kPrefillSm90 };
-
-// T <= this runs the stream path inside the small tier's range too (auto only).
-constexpr int64_t kStreamAutoMaxTokens = 16;
+enum class Tier { kGemv, kSmall, kPrefill, kPrefillMma, kPrefillSm90 };
 
 // "prefill" (and auto in its range) takes the Hopper tier from this many pairs P = T * k on, the
 // mma.sync tier below. From H100 measurements on Qwen3-30B-A3B (E 128, k 8, H 2048, I 768, bf16):
@@ -44,22 +37,15 @@ constexpr int64_t kStreamAutoMaxTokens = 16;
 // the Hopper tier was 26% faster (933 vs 1264 us); 16384 sits between the two.
 constexpr int64_t kSm90MinPairs = 16384;
 
-// stream_ok: the stream path takes this problem (T * k <= kStreamPairLimit, sizes in range).
-Tier pick_tier(int64_t num_tokens, bool stream_ok, int64_t gemv_threshold, int64_t prefill_threshold,
-               const std::string& tier) {
-  if (tier == "stream") return stream_ok ? Tier::kStream : Tier::kGemv;
+Tier pick_tier(int64_t num_tokens, int64_t gemv_threshold, int64_t prefill_threshold, const std::string& tier) {
   if (tier == "gemv") return Tier::kGemv;
   if (tier == "small") return Tier::kSmall;
   if (tier == "prefill") return Tier::kPrefill;
   if (tier == "prefill_mma") return Tier::kPrefillMma;
   if (tier == "prefill_sm90") return Tier::kPrefillSm90;
   TORCH_CHECK(tier == "auto",
-              "tier: expected 'stream', 'gemv', 'small', 'prefill', 'prefill_mma', 'prefill_sm90' or 'auto', got '",
+              "tier: expected 'gemv', 'small', 'prefill', 'prefill_mma', 'prefill_sm90' or 'auto', got '",
               tier, "'");
-  if (stream_ok && (num_tokens < gemv_threshold ||
-                    (num_tokens <= kStreamAutoMaxTokens && num_tokens < prefill_threshold))) {
-    return Tier::kStream;
-  }
   if (num_tokens < gemv_threshold) return Tier::kGemv;
   if (num_tokens < prefill_threshold) return Tier::kSmall;
   return Tier::kPrefill;
@@ -107,34 +93,11 @@ void fused_moe(at::Tensor& out, const at::Tensor& hidden, const at::Tensor& w13,
   if (T == 0) return;
 
   const int64_t P = T * top_k;
-  const bool stream_ok = P <= ferrum::moe::kStreamPairLimit && I < (int64_t{1} << 24) && H < (int64_t{1} << 24);
-  Tier t = pick_tier(T, stream_ok, gemv_threshold, prefill_threshold, std::string(tier));
+  Tier t = pick_tier(T, gemv_threshold, prefill_threshold, std::string(tier));
   const bool bf16 = hidden.scalar_type() == at::kBFloat16;
   TORCH_CHECK(bf16 || hidden.scalar_type() == at::kHalf, "hidden: expected dtype float16 or bfloat16, got ",
               hidden.scalar_type());
 
-  if (t == Tier::kStream) {
-    const c10::cuda::OptionalCUDAGuard guard(hidden.device());
-    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-    const int device = hidden.get_device();
-    at::Tensor h = at::empty({P, I}, hidden.options());
-    ferrum::moe::StreamArgs sa{};
-    sa.x = hidden.data_ptr();
-    sa.w13 = w13.data_ptr();
-    sa.w2 = w2.data_ptr();
-    sa.h = h.data_ptr();
-    sa.out = out.data_ptr();
-    sa.topk_weights = topk_weights.data_ptr<float>();
-    sa.topk_ids = topk_ids.data_ptr<int>();
-    sa.num_tokens = static_cast<int>(T);
-    sa.top_k = static_cast<int>(top_k);
-    sa.num_experts = static_cast<int>(E);
-    sa.hidden = static_cast<int>(H);
-    sa.inter = static_cast<int>(I);
-    ferrum::moe::launch_stream(sa, bf16, ferrum::sm_count(device), stream);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    return;
-  }
   // Hopper prefill tier (CUTLASS grouped GEMMs, prefill_sm90.cu): "prefill" takes it where supported
   // and P >= kSm90MinPairs.
   if (t == Tier::kPrefillSm90 || (t == Tier::kPrefill && P >= kSm90MinPairs &&
@@ -175,7 +138,6 @@ void fused_moe(at::Tensor& out, const at::Tensor& hidden, const at::Tensor& w13,
   args.num_pairs = static_cast<int>(P);
   auto run_gemm = [&](bool gate_up) {
     switch (t) {
-      case Tier::kStream:  // handled above
       case Tier::kGemv: ferrum::moe::launch_gemv(args, gate_up, bf16, stream); break;
       case Tier::kSmall: ferrum::moe::launch_mma_small(args, gate_up, bf16, stream); break;
       case Tier::kPrefill:

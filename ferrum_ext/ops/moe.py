@@ -17,11 +17,7 @@ from ferrum_ext._extension import cuda_ops_available
 from ferrum_ext.ops._dispatch import LIB
 
 
-MOE_TIERS = (None, "auto", "stream", "gemv", "small", "prefill", "prefill_mma", "prefill_sm90")
-# Most (token, expert) pairs T * k that the "stream" path takes (csrc/moe/moe_stream_launch.h).
-MOE_STREAM_MAX_PAIRS = 128
-# Largest T that "auto" sends to the stream path inside the small tier's range.
-MOE_STREAM_AUTO_MAX_TOKENS = 16
+MOE_TIERS = (None, "auto", "gemv", "small", "prefill", "prefill_mma", "prefill_sm90")
 # Fewest pairs T * k from which "prefill" (and auto) take the Hopper tier (csrc/moe/fused_moe.cu,
 # kSm90MinPairs: from H100 measurements, the mma.sync tier is faster below).
 MOE_SM90_MIN_PAIRS = 16384
@@ -120,11 +116,8 @@ def fused_moe(hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_we
 
     hidden [T, H] fp16/bf16; w13 [E, 2I, H] (gate rows then up rows), w2 [E, H, I] as Hugging Face
     stores them; topk_weights [T, k] (fp32; other float types are converted); topk_ids int32 [T, k].
-    The kernel tier comes from T and P = T * k: "stream" (two weight-streaming kernels, no align,
-    combine fused into the down kernel) when P <= 128 and (T < gemv_threshold or T <= 16 with
-    T < prefill_threshold); otherwise T < gemv_threshold -> "gemv", T < prefill_threshold -> "small",
-    else "prefill". `tier` forces one ("stream" with P > 128 runs "gemv"). Thresholds come from the
-    caller (runtime env), never the env.
+    The kernel tier comes from T: T < gemv_threshold -> "gemv", T < prefill_threshold -> "small",
+    else "prefill"; `tier` forces one. Thresholds come from the caller (runtime env), never the env.
     "prefill" runs the Hopper tier (CUTLASS grouped GEMMs, TMA + wgmma) on a compute capability 9.x
     GPU when the extension was built for 9.0a and T * k >= MOE_SM90_MIN_PAIRS, else the mma.sync
     tier; "prefill_mma" forces the mma.sync tier, "prefill_sm90" the Hopper one (a RuntimeError where

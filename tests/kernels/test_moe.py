@@ -2,9 +2,8 @@
 
 CPU: every input error, the references against each other, opcheck, torch.compile(fullgraph=True).
 GPU (marked gpu): every tier forced and chosen automatically over awkward token counts, skewed and
-padded routing, router ties, exact bucketing, determinism, CUDA-graph replay; the "stream" path
-(T * k <= 128: slot tables, programmatic dependent launch) with repeated experts, chained layers and
-back-to-back launches.
+padded routing, router ties, exact bucketing, determinism, CUDA-graph replay; chained layers and
+back-to-back launches through the programmatic-dependent-launch chain (route -> align -> GEMMs -> combine).
 """
 
 import math
@@ -20,7 +19,7 @@ from ferrum_ext.testing import assert_rel_close, poison_, rel_error
 needs_ops = pytest.mark.skipif(not ferrum_ext.cuda_ops_available(), reason="ferrum_ext._C not built")
 # "prefill" is the Hopper tier (CUTLASS grouped GEMMs) on 9.x GPUs built for 9.0a from
 # ops.moe.MOE_SM90_MIN_PAIRS pairs on, else mma.sync; "prefill_mma" keeps the mma.sync tier covered.
-TIERS = ["stream", "gemv", "small", "prefill", "prefill_mma", None]
+TIERS = ["gemv", "small", "prefill", "prefill_mma", None]
 
 
 def make_moe(num_tokens, num_experts, top_k, hidden, inter, dtype, device, seed=0):
@@ -353,103 +352,34 @@ def test_fused_moe_loop_reference_on_gpu():
     assert_rel_close(ops.fused_moe(x, w13, w2, w, ids), reference.fused_moe(x, w13, w2, w, ids))
 
 
-# ---- GPU: the "stream" path (T * k <= 128) ----------------------------------------------------------
-
-
-def _stream_case(num_tokens, num_experts, top_k, hidden, inter, routing, seed):
-    x, w13, w2, w, ids = make_moe(num_tokens, num_experts, top_k, hidden, inter, torch.bfloat16, "cuda", seed)
-    g = torch.Generator(device="cpu").manual_seed(seed + 1)
-    if routing == "one_expert":  # every pair of every token on one expert: slots of 4 pairs
-        ids[:] = 5 % num_experts
-    elif routing == "duplicates":  # repeated ids inside rows and across rows, some invalid
-        ids.copy_(torch.randint(0, min(3, num_experts), ids.shape, generator=g).to(ids))
-        ids.view(-1)[::5] = -1
-        ids.view(-1)[1::7] = num_experts  # out of range: skipped
-    elif routing == "padded":
-        ids[::2] = -1
-        ids[:, -1] = -1
-    elif routing == "all_invalid":
-        ids[:] = -1
-    w = torch.rand(w.shape, generator=g).to(w)  # weights need not be normalised
-    return x, w13, w2, w, ids
-
-
-@pytest.mark.parametrize("routing", ["random", "padded", "one_expert", "duplicates", "all_invalid"])
-@pytest.mark.parametrize("num_tokens", [1, 2, 3, 4, 9, 16])
 @pytest.mark.gpu
-def test_stream_routing(num_tokens, routing):
-    x, w13, w2, w, ids = _stream_case(num_tokens, 32, 8, 256, 192, routing, seed=num_tokens)
-    ref = reference.fused_moe_grouped_reference(x, w13, w2, w, ids)
-    for tier in ("stream", None):
-        out = poison_(torch.empty_like(x))
-        ops.fused_moe(x, w13, w2, w, ids, tier=tier, out=out)
-        assert_rel_close(out, ref, what=f"stream T={num_tokens} routing={routing} tier={tier}")
-    if routing == "all_invalid":
-        assert torch.all(out == 0)
-    # The stream path and the verified gemv tier agree within the tolerance (tier consistency).
-    assert_rel_close(ops.fused_moe(x, w13, w2, w, ids, tier="gemv"), out, what="stream vs gemv")
-
-
-@pytest.mark.parametrize("shape", [
-    (128, 8, 2048, 768),   # Qwen3-30B-A3B
-    (16, 8, 4096, 1536),   # Qwen3-235B-A22B expert shape, fewer experts
-    (64, 16, 320, 64),     # k 16: T = 8 gives the 128-pair limit; H, I below one warp's chunk stride
-    (8, 1, 192, 128),
-    (128, 10, 128, 1024),  # I > 3 * 256: several chunk rounds in the down kernel
-])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.gpu
-def test_stream_shapes(shape, dtype):
-    num_experts, top_k, hidden, inter = shape
-    g = torch.Generator(device="cuda").manual_seed(3)
-    w13 = (torch.randn(num_experts, 2 * inter, hidden, device="cuda", generator=g) / math.sqrt(hidden)).to(dtype)
-    w2 = (torch.randn(num_experts, hidden, inter, device="cuda", generator=g) / math.sqrt(inter)).to(dtype)
-    for num_tokens in (1, 2, 3, 4, 8, 13, 16):
-        if num_tokens * top_k > ops.moe.MOE_STREAM_MAX_PAIRS:
-            continue
-        x = torch.randn(num_tokens, hidden, device="cuda", generator=g).to(dtype)
-        w, ids = reference.moe_route(torch.randn(num_tokens, num_experts, device="cuda", generator=g), top_k, True)
-        out = poison_(torch.empty_like(x))
-        ops.fused_moe(x, w13, w2, w, ids, tier="stream", out=out)
-        assert_rel_close(out, reference.fused_moe_grouped_reference(x, w13, w2, w, ids),
-                         what=f"stream T={num_tokens} E={num_experts} k={top_k} H={hidden} I={inter} {dtype}")
-
-
-@pytest.mark.parametrize("num_tokens,top_k", [(16, 8), (128, 1), (5, 13), (17, 8), (9, 15)])
-@pytest.mark.gpu
-def test_stream_pair_limit(num_tokens, top_k):
-    """128 pairs is the largest stream case (k = 1: 128 tokens); 136 and 135 fall back to the gemv tier."""
-    _check_fused(num_tokens, 64, top_k, 256, 128, torch.bfloat16, "stream", seed=num_tokens)
-    _check_fused(num_tokens, 64, top_k, 256, 128, torch.bfloat16, "stream", "padded", seed=num_tokens)
-
-
-@pytest.mark.gpu
-def test_stream_auto_selection_matches_forced():
-    """auto picks the stream path at T <= 3 (gemv range) and 4 <= T <= 16 (small range): bit-identical to
-    forcing it; T = 17 stays on the small tier."""
-    for num_tokens in (1, 3, 4, 16):
+def test_auto_selection_matches_forced():
+    """auto (defaults gemv_threshold 4, prefill_threshold 32) is bit-identical to forcing the tier it
+    should pick: "gemv" for T < 4, "small" for 4 <= T < 32, "prefill" from 32; thresholds move it."""
+    for num_tokens, tier in ((1, "gemv"), (3, "gemv"), (4, "small"), (16, "small"), (31, "small"),
+                             (32, "prefill")):
         x, w13, w2, w, ids = make_moe(num_tokens, 32, 8, 256, 128, torch.bfloat16, "cuda", seed=num_tokens)
-        a = ops.fused_moe(x, w13, w2, w, ids)
-        b = ops.fused_moe(x, w13, w2, w, ids, tier="stream")
-        assert torch.equal(a, b), f"auto != stream at T={num_tokens}"
-    x, w13, w2, w, ids = make_moe(17, 32, 8, 256, 128, torch.bfloat16, "cuda", seed=17)
-    assert torch.equal(ops.fused_moe(x, w13, w2, w, ids), ops.fused_moe(x, w13, w2, w, ids, tier="small"))
-    # A gemv_threshold of 1 keeps T = 2, 3 out of the gemv range, but T <= 16 still streams;
-    # prefill_threshold 2 sends T = 3 to the prefill tier.
+        assert torch.equal(ops.fused_moe(x, w13, w2, w, ids), ops.fused_moe(x, w13, w2, w, ids, tier=tier)), \
+            f"auto != {tier} at T={num_tokens}"
     x, w13, w2, w, ids = make_moe(3, 32, 8, 256, 128, torch.bfloat16, "cuda", seed=7)
-    assert torch.equal(ops.fused_moe(x, w13, w2, w, ids, gemv_threshold=1), ops.fused_moe(x, w13, w2, w, ids,
-                                                                                         tier="stream"))
+    assert torch.equal(ops.fused_moe(x, w13, w2, w, ids, gemv_threshold=1),
+                       ops.fused_moe(x, w13, w2, w, ids, tier="small")), "gemv_threshold=1: T=3 should run small"
     assert torch.equal(ops.fused_moe(x, w13, w2, w, ids, gemv_threshold=1, prefill_threshold=2),
-                       ops.fused_moe(x, w13, w2, w, ids, tier="prefill"))
+                       ops.fused_moe(x, w13, w2, w, ids, tier="prefill")), "prefill_threshold=2: T=3 should run prefill"
+
+
+# ---- GPU: chained layers through the PDL chain ----------------------------------------------------
 
 
 @pytest.mark.parametrize("num_tokens", [1, 3, 16])
 @pytest.mark.gpu
-def test_stream_chained_layers_back_to_back(num_tokens):
-    """Layers launched back to back (route -> stream kernels -> route ...) with each layer's output
-    as the next layer's input, and fused_moe calls with no kernel in between: programmatic dependent
-    launch must never let a kernel read an input before its producer finished, nor overwrite a
-    buffer a previous kernel still reads. Eager and CUDA-graph replay."""
+def test_chained_layers_back_to_back(num_tokens):
+    """Layers launched back to back (route -> align -> gate_up -> down -> combine -> route ...) with
+    each layer's output as the next layer's input, and fused_moe calls with no kernel in between, on
+    the auto tier (defaults: T = 1, 3 run "gemv", T = 16 "small"): programmatic dependent launch
+    (csrc/moe/pdl_launch.h) must never let a kernel read an input before its producer finished, nor
+    overwrite a buffer a previous kernel still reads. Checked against the reference layer by layer,
+    bit-identical over repeated eager runs, and CUDA-graph replay equal to eager."""
     num_experts, top_k, hidden, inter, layers = 64, 8, 512, 256, 6
     g = torch.Generator(device="cpu").manual_seed(11)
     ws = [((torch.randn(num_experts, 2 * inter, hidden, generator=g) / math.sqrt(hidden)).cuda().bfloat16(),
@@ -506,40 +436,6 @@ def test_stream_chained_layers_back_to_back(num_tokens):
         graph.replay()
         torch.cuda.synchronize()
         assert torch.equal(res, got), "graph replay differs from eager"
-
-
-@pytest.mark.gpu
-def test_stream_many_back_to_back_calls():
-    """50 stream calls in a row on fresh inputs, outputs checked after one sync (no host sync between)."""
-    outs, cases = [], []
-    for i in range(50):
-        x, w13, w2, w, ids = make_moe(1 + (i * 7) % 16, 16, 4, 128, 64, torch.bfloat16, "cuda", seed=100 + i)
-        out = poison_(torch.empty_like(x))
-        ops.fused_moe(x, w13, w2, w, ids, tier="stream", out=out)
-        outs.append(out)
-        cases.append((x, w13, w2, w, ids))
-    torch.cuda.synchronize()
-    for i, (out, case) in enumerate(zip(outs, cases)):
-        assert_rel_close(out, reference.fused_moe_grouped_reference(*case), what=f"call {i}")
-
-
-@pytest.mark.parametrize("num_tokens", [2, 16])
-@pytest.mark.gpu
-def test_stream_deterministic_and_row_independent(num_tokens):
-    """Row 0's output is bit-identical whatever the other rows route to (its pairs may share slots with
-    other tokens' pairs, or not), and across runs."""
-    x, w13, w2, w, ids = make_moe(num_tokens, 16, 8, 256, 128, torch.bfloat16, "cuda", seed=5)
-    a = ops.fused_moe(x, w13, w2, w, ids, tier="stream")
-    assert torch.equal(a, ops.fused_moe(x, w13, w2, w, ids, tier="stream")), "two runs differ"
-    for trial in range(3):
-        x2, w_2, ids2 = x.clone(), w.clone(), ids.clone()
-        x2[1:] = torch.randn_like(x2[1:])
-        g = torch.Generator(device="cpu").manual_seed(trial)
-        ids2[1:] = torch.stack([torch.randperm(16, generator=g)[:8] for _ in range(num_tokens - 1)]).to(ids2)
-        if trial == 2:
-            ids2[1:] = ids2[0]  # every token on row 0's experts: row 0's pairs now share slots
-        c = ops.fused_moe(x2, w13, w2, w_2, ids2, tier="stream")
-        assert torch.equal(a[0], c[0]), f"row 0 changed when the other rows changed (trial {trial})"
 
 
 # ---- GPU: the Hopper prefill tier (tier="prefill_sm90") -------------------------------------------
