@@ -6,8 +6,7 @@ Bytes that must move: the K and V of every context token once,
 Baseline: torch.nn.functional.scaled_dot_product_attention on the same K/V laid out
 contiguously ([B, kv_heads, L, D], enable_gqa=True), timed in the same run.
 Cases (batch, context, kv_heads), 32 query heads, head_dim 128, block_size 16, shuffled
-block tables, both cache layouts, fp16 and bf16; the default kernel (rows "vllm" / "nhd") and the
-first kernel (rows "vllm v1" / "nhd v1") in the same run.
+block tables, both cache layouts, fp16 and bf16.
 """
 
 import math
@@ -19,8 +18,6 @@ from ferrum_ext.testing import make_block_tables, make_cache, rel_error
 
 SHAPES = [(1, 32768, 4), (8, 8192, 4), (64, 4096, 4), (64, 4096, 8), (256, 2048, 8), (32, 1024, 8)]
 HEADS, HEAD_DIM, BLOCK = 32, 128, 16
-# "auto" (the default kernel, rows named by layout) and "v1" (the first kernel, rows "<layout> v1").
-KERNELS = ("auto", "v1")
 
 
 def _paged_cache(b, length, kvh, dtype, layout, gen):
@@ -71,18 +68,14 @@ def run(ctx):
                 if base is None:
                     base = ctx.time(sdpa)
                 del k, v
-                for kernel in KERNELS:
-                    ops.paged_attention_decode(q, kc, vc, bt, sl, scale, layout, max_seq_len=length, out=out,
-                                               kernel=kernel)
-                    err = rel_error(out, ref)
-                    if err > 2e-2:
-                        raise AssertionError(f"{case} {layout} {kernel} {dtype}: output differs from SDPA "
-                                             f"(rel {err:.2e})")
-                    t = ctx.time(lambda: ops.paged_attention_decode(q, kc, vc, bt, sl, scale, layout,
-                                                                    max_seq_len=length, out=out, kernel=kernel))
-                    variant = layout if kernel == "auto" else f"{layout} {kernel}"
-                    rows.append(ctx.row("paged_attention_decode", case, dtype, t, bytes_moved=nbytes,
-                                        baseline=base, baseline_name="sdpa unpaged", variant=variant))
+                ops.paged_attention_decode(q, kc, vc, bt, sl, scale, layout, max_seq_len=length, out=out)
+                err = rel_error(out, ref)
+                if err > 2e-2:
+                    raise AssertionError(f"{case} {layout} {dtype}: output differs from SDPA (rel {err:.2e})")
+                t = ctx.time(lambda: ops.paged_attention_decode(q, kc, vc, bt, sl, scale, layout,
+                                                                max_seq_len=length, out=out))
+                rows.append(ctx.row("paged_attention_decode", case, dtype, t, bytes_moved=nbytes,
+                                    baseline=base, baseline_name="sdpa unpaged", variant=layout))
                 del kc, vc, bt
             torch.cuda.empty_cache()
     return rows

@@ -27,7 +27,7 @@ void write_kv_cache(const at::Tensor& key, const at::Tensor& value, at::Tensor& 
 void paged_attention_decode(at::Tensor& out, const at::Tensor& query, const at::Tensor& key_cache,
                             const at::Tensor& value_cache, const at::Tensor& block_tables,
                             const at::Tensor& seq_lens, double scale, c10::string_view layout, int64_t max_seq_len,
-                            int64_t num_splits, c10::string_view variant);
+                            int64_t num_splits);
 void paged_attention_varlen(at::Tensor& out, const at::Tensor& query, const at::Tensor& key_cache,
                             const at::Tensor& value_cache, const at::Tensor& cu_seqlens_q,
                             const at::Tensor& seq_lens, const at::Tensor& block_tables, double scale,

@@ -27,9 +27,8 @@ TORCH_LIBRARY(ferrum_ext, m) {
   // ---- attention ----
   // Scatter key/value [T, kv_heads, D] into the paged caches at slot_mapping (negative = skip).
   m.def("write_kv_cache(Tensor key, Tensor value, Tensor! key_cache, Tensor! value_cache, Tensor slot_mapping, str layout) -> ()");
-  // One query token per sequence against its paged KV cache; split-K when num_splits (0 = auto) > 1;
-  // variant: the kernel, "auto" (= "v1", paged_attention.cuh) or "v2" (paged_decode.cuh), for comparisons.
-  m.def("paged_attention_decode(Tensor! out, Tensor query, Tensor key_cache, Tensor value_cache, Tensor block_tables, Tensor seq_lens, float scale, str layout, int max_seq_len, int num_splits, str variant=\"auto\") -> ()");
+  // One query token per sequence against its paged KV cache; split-K when num_splits (0 = auto) > 1.
+  m.def("paged_attention_decode(Tensor! out, Tensor query, Tensor key_cache, Tensor value_cache, Tensor block_tables, Tensor seq_lens, float scale, str layout, int max_seq_len, int num_splits) -> ()");
   // Packed causal queries [M, H, D] per cu_seqlens_q against the paged cache; tiled_q4: 4 queries per CTA
   // (64 query rows per CTA when max_q_len >= 64; max_q_len < 0: unknown). Chunks of >= 64 tokens take the
   // 128-row prefill kernel when max_q_len >= 64; prefill_path: 0 auto, 1 force it, 2 previous kernels only.

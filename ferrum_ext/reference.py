@@ -102,9 +102,8 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, qpo
 def paged_attention_decode(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
                            block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float, layout: str = "vllm",
                            *, max_seq_len: int | None = None, num_splits: int | None = None,
-                           out: torch.Tensor | None = None, kernel: str = "auto"):
-    """One query token per sequence: softmax(q K^T * scale) V over the first seq_lens[b] cached tokens.
-    (kernel picks the CUDA kernel of the op; no meaning here.)"""
+                           out: torch.Tensor | None = None):
+    """One query token per sequence: softmax(q K^T * scale) V over the first seq_lens[b] cached tokens."""
     b, h, d = query.shape
     result = torch.zeros(b, h, d, dtype=torch.float32, device=query.device)
     for i, n in enumerate(seq_lens.tolist()):

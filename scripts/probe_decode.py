@@ -1,9 +1,7 @@
 """Probe of the decode kernel's throughput: shuffled vs in-order block tables, and
 one launch to profile (`ncu --launch-skip 3 --launch-count 1 -k regex:paged_attention`).
 
-    python scripts/probe_decode.py [--profile] [--long] [--v1]
-
---v1 runs the first kernel (default: "auto" = v1; without --v1 the probe runs v2).
+    python scripts/probe_decode.py [--profile] [--long]
 """
 
 import math
@@ -17,7 +15,6 @@ from ferrum_ext import ops
 B, L, KVH, H, D, BS = 64, 4096, 4, 32, 128, 16
 if "--long" in sys.argv:
     B, L = 1, 32768
-KERNEL = "v1" if "--v1" in sys.argv else "auto"
 
 
 def main():
@@ -35,16 +32,14 @@ def main():
     nbytes = 2 * B * L * KVH * D * 2
     if "--profile" in sys.argv:
         for _ in range(5):
-            ops.paged_attention_decode(q, kc, vc, tables["shuffled"], sl, 1 / math.sqrt(D), "vllm", out=out,
-                                       kernel=KERNEL)
+            ops.paged_attention_decode(q, kc, vc, tables["shuffled"], sl, 1 / math.sqrt(D), "vllm", out=out)
         torch.cuda.synchronize()
         return
     ctx = BenchContext(iters=30)
     for name, bt in tables.items():
         for layout in ("vllm",):
-            t = ctx.time(lambda: ops.paged_attention_decode(q, kc, vc, bt, sl, 1 / math.sqrt(D), layout, out=out,
-                                                            kernel=KERNEL))
-            print(f"{name:<9} {layout} {KERNEL}: {t.median_us:8.1f} us  {nbytes / t.median_us / 1e3:7.0f} GB/s")
+            t = ctx.time(lambda: ops.paged_attention_decode(q, kc, vc, bt, sl, 1 / math.sqrt(D), layout, out=out))
+            print(f"{name:<9} {layout}: {t.median_us:8.1f} us  {nbytes / t.median_us / 1e3:7.0f} GB/s")
 
 
 if __name__ == "__main__":

@@ -39,13 +39,12 @@ def attention():
         # decode: single pass and split-K, a zero length, lengths ending mid-block
         q, kc, vc, bt, sl = make_problem([0, 1, 17, 513, 4097], 32, 4, 128, 16, torch.bfloat16, layout, "cuda")
         for splits in (None, 1, 9):
-            for kernel in ("v1", "v2"):
-                ops.paged_attention_decode(q, kc, vc, bt, sl, 0.088, layout, num_splits=splits, kernel=kernel)
-        # decode v2 at every head_dim, block_size 32 / 8 (stages inside a block at head_dim 256)
+            ops.paged_attention_decode(q, kc, vc, bt, sl, 0.088, layout, num_splits=splits)
+        # decode at other head_dims / block sizes
         for d, bs in ((64, 8), (96, 32), (256, 32), (256, 8)):
             q2, kc2, vc2, bt2, sl2 = make_problem([0, 5, 33, 300], 16, 2, d, bs, torch.float16, layout, "cuda")
             for splits in (None, 1, 7):
-                ops.paged_attention_decode(q2, kc2, vc2, bt2, sl2, 0.1, layout, num_splits=splits, kernel="v2")
+                ops.paged_attention_decode(q2, kc2, vc2, bt2, sl2, 0.1, layout, num_splits=splits)
         k = torch.randn(5, 4, 128, device="cuda", dtype=torch.bfloat16)
         ops.write_kv_cache(k, k, kc, vc, torch.tensor([0, -1, 77, 3, 200], device="cuda"), layout)
         # varlen: plain, tiled-Q4, 64-row tiles, split-K

@@ -1,13 +1,12 @@
 """Times paged_attention_decode over forced split counts, to check the host split plan.
 
-    python scripts/sweep_decode_splits.py [v1|v2 ...]   (GPU; one line per shape and kernel; default both)
+    python scripts/sweep_decode_splits.py        (GPU; prints one line per shape)
 
 Same shapes and byte count as benchmarks/bench_paged_decode.py (bf16, vllm layout);
 "auto" is the plan the launcher picks.
 """
 
 import math
-import sys
 
 import torch
 
@@ -15,7 +14,6 @@ from benchmarks.bench_paged_decode import HEAD_DIM, HEADS, SHAPES, _paged_cache
 from benchmarks.harness import BenchContext
 
 SPLITS = [None, 1, 2, 4, 8, 16, 32, 64, 96, 128, 192, 256]
-KERNELS = [a for a in sys.argv[1:] if a in ("v1", "v2")] or ["v1", "v2"]
 
 
 def main():
@@ -29,16 +27,14 @@ def main():
         sl = torch.full((b,), length, dtype=torch.int32, device="cuda")
         out = torch.empty_like(q)
         nbytes = 2 * b * length * kvh * HEAD_DIM * 2
-        for kernel in KERNELS:
-            cells = []
-            for s in SPLITS:
-                if s is not None and s * (64 if kernel == "v1" else 32) > length:
-                    continue
-                t = ctx.time(lambda: ops.paged_attention_decode(q, kc, vc, bt, sl, 1 / math.sqrt(HEAD_DIM), "vllm",
-                                                                max_seq_len=length, num_splits=s, out=out,
-                                                                kernel=kernel))
-                cells.append(f"{'auto' if s is None else s}:{nbytes / t.median_us / 1e3:.0f}")
-            print(f"B={b} L={length} kv={kvh} {kernel}  GB/s by splits  " + "  ".join(cells), flush=True)
+        cells = []
+        for s in SPLITS:
+            if s is not None and s * 64 > length:
+                continue
+            t = ctx.time(lambda: ops.paged_attention_decode(q, kc, vc, bt, sl, 1 / math.sqrt(HEAD_DIM), "vllm",
+                                                            max_seq_len=length, num_splits=s, out=out))
+            cells.append(f"{'auto' if s is None else s}:{nbytes / t.median_us / 1e3:.0f}")
+        print(f"B={b} L={length} kv={kvh}  GB/s by splits  " + "  ".join(cells), flush=True)
         del kc, vc, bt
 
 

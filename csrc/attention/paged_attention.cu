@@ -19,8 +19,6 @@
 
 #include "attention/paged_attention.cuh"
 #include "attention/paged_attention_launch.h"
-#include "attention/paged_decode.cuh"
-#include "attention/paged_decode_launch.h"
 #include "attention/paged_prefill.cuh"
 #include "attention/paged_prefill_launch.h"
 #include "attention/tile_list.cuh"
@@ -170,52 +168,6 @@ void run(AttnParams& p, const at::Tensor& query, int num_tiles, int64_t rows_tot
   if (p.num_splits > 1) ferrum::attn::launch_merge<T, D>(p, static_cast<int>(rows_total), stream);
 }
 
-// Split plan of decode v2. The kernel is memory-bound once enough CTAs stream at
-// once (each keeps kStages - 1 stages, ~32 KiB at h128, in flight), so instead of
-// equal-time waves it aims at `target` = min(3 x SMs, resident slots) CTAs: no split
-// when base (rows x kv_heads) >= 7/8 target, else the fewest splits reaching target,
-// each split >= 256 tokens (at most 256 splits), rounded to whole stages.
-// Examples (132 SMs, 4 CTAs/SM, h128): (1, 32k, 4kv) -> 94 splits of 352 tokens
-// (376 CTAs); (8, 8k, 4kv) -> 13 x 640; (64, 4k, 4kv) -> 2 x 2048; (64, 4k, 8kv) -> 1.
-void plan_splits_v2(AttnParams& p, int64_t base_ctas, int64_t max_seq_len, int sms, int per_sm, int64_t forced,
-                    int64_t tok) {
-  const int64_t L = std::max<int64_t>(max_seq_len, 1);
-  int64_t splits;
-  if (forced > 0) {
-    splits = std::min<int64_t>({forced, (L + tok - 1) / tok, ferrum::attn::kMaxSplits});
-  } else {
-    const int64_t target = std::min<int64_t>(3 * int64_t{sms}, int64_t{sms} * per_sm);
-    const int64_t base = std::max<int64_t>(base_ctas, 1);
-    const int64_t cap = std::min<int64_t>(std::max<int64_t>((L + 255) / 256, 1), ferrum::attn::kMaxSplits);
-    splits = 8 * base >= 7 * target ? 1 : std::min<int64_t>((target + base - 1) / base, cap);
-  }
-  int64_t tps = (L + splits - 1) / splits;
-  tps = (tps + tok - 1) / tok * tok;
-  p.tokens_per_split = static_cast<int>(tps);
-  p.num_splits = static_cast<int>(std::max<int64_t>(1, (max_seq_len + tps - 1) / tps));
-}
-
-// Decode v2 (paged_decode.cuh): its split plan, scratch, launch (+ merge).
-template <typename T, int D, bool VLLM>
-void run_v2(AttnParams& p, const at::Tensor& query, int num_rows, int64_t max_seq_len, int64_t forced_splits,
-            cudaStream_t stream) {
-  const int device = query.get_device();
-  TORCH_CHECK(int64_t{num_rows} * ferrum::attn::kMaxSplits * p.num_kv_heads < (int64_t{1} << 31),
-              "query: too many rows x kv_heads for one launch");
-  const int per_sm = ferrum::attn::decode_v2_ctas_per_sm<T, D, VLLM>(device);
-  plan_splits_v2(p, static_cast<int64_t>(num_rows) * p.num_kv_heads, max_seq_len, ferrum::sm_count(device), per_sm,
-                 forced_splits, ferrum::attn::decode::Cfg<D>::ST);
-  at::Tensor part_out, part_lse;
-  if (p.num_splits > 1) {
-    const auto f32 = query.options().dtype(at::kFloat);
-    part_out = at::empty({num_rows, p.num_heads, p.num_splits, D}, f32);
-    part_lse = at::empty({num_rows, p.num_heads, p.num_splits}, f32);
-    p.part_out = part_out.data_ptr<float>();
-    p.part_lse = part_lse.data_ptr<float>();
-  }
-  ferrum::attn::launch_decode_v2<T, D, VLLM>(p, num_rows, stream);  // + its merge when split
-}
-
 #define FERRUM_DISPATCH_HEAD_DIM(D_VALUE, ...)                                         \
   switch (D_VALUE) {                                                                   \
     case 64: { constexpr int kD = 64; __VA_ARGS__(); break; }                          \
@@ -328,12 +280,7 @@ bool varlen_with_prefill_kernel(AttnParams& p, const at::Tensor& out, const at::
 void paged_attention_decode(at::Tensor& out, const at::Tensor& query, const at::Tensor& key_cache,
                             const at::Tensor& value_cache, const at::Tensor& block_tables,
                             const at::Tensor& seq_lens, double scale, c10::string_view layout, int64_t max_seq_len,
-                            int64_t num_splits, c10::string_view variant) {
-  TORCH_CHECK(variant == "auto" || variant == "v1" || variant == "v2",
-              "kernel: expected \"auto\", \"v1\" or \"v2\", got \"", variant, "\"");
-  // auto = v1: on the H100, v2 (4 CTAs/SM) was 7% faster only at batch 1 and 3-17% slower at
-  // every other benchmark shape (docs/benchmarks.md); it stays selectable for that work.
-  const bool v2 = variant == "v2";
+                            int64_t num_splits) {
   AttnParams p{};
   check_and_fill_cache(p, query, key_cache, value_cache, block_tables, layout, max_seq_len);
   check_out(out, query);
@@ -357,9 +304,7 @@ void paged_attention_decode(at::Tensor& out, const at::Tensor& query, const at::
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   FERRUM_DISPATCH_ATTN_DTYPE(query.scalar_type(), [&] {
     FERRUM_DISPATCH_HEAD_DIM(static_cast<int>(query.size(2)), [&] {
-      if (!v2) run<scalar_t, kD, 1>(p, query, static_cast<int>(B), B, max_seq_len, num_splits, stream);
-      else if (p.vllm_layout) run_v2<scalar_t, kD, true>(p, query, static_cast<int>(B), max_seq_len, num_splits, stream);
-      else run_v2<scalar_t, kD, false>(p, query, static_cast<int>(B), max_seq_len, num_splits, stream);
+      run<scalar_t, kD, 1>(p, query, static_cast<int>(B), B, max_seq_len, num_splits, stream);
     });
   });
 }

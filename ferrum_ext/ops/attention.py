@@ -19,7 +19,6 @@ from ferrum_ext.ops._dispatch import LIB
 
 _HEAD_DIMS = (64, 96, 128, 256)
 _BLOCK_SIZES = (8, 16, 32)
-_DECODE_KERNELS = ("auto", "v1", "v2")  # paged_attention_decode's CUDA kernel choice
 
 
 def check_kernel_support(name: str, dtype: torch.dtype, head_dim: int, block_size: int | None = None,
@@ -114,17 +113,13 @@ def write_kv_cache(key: torch.Tensor, value: torch.Tensor, key_cache: torch.Tens
 def paged_attention_decode(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
                            block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float, layout: str = "vllm",
                            *, max_seq_len: int | None = None, num_splits: int | None = None,
-                           out: torch.Tensor | None = None, kernel: str = "auto") -> torch.Tensor:
+                           out: torch.Tensor | None = None) -> torch.Tensor:
     """One query token per sequence against its paged KV cache: query/out [B, H, D].
 
     max_seq_len: a host upper bound of seq_lens (default block_tables.shape[1] * block_size); the
     launch (split-K plan) depends only on it, so a CUDA graph captured once stays valid while
     seq_lens / block_tables change below it. num_splits: force the split count (None = auto).
-    kernel: "auto" (= "v1"), or "v1" / "v2" to pick the CUDA kernel (tests and benchmarks);
-    no numerical meaning, ignored on CPU.
     """
-    if kernel not in _DECODE_KERNELS:
-        raise ValueError(f"kernel: expected one of {_DECODE_KERNELS}, got {kernel!r}")
     _check_query(query)
     kvh, bs = check_kv_cache(key_cache, value_cache, layout, query.dtype, query.shape[2], "query", query)
     _check_group(query, kvh, bs)
@@ -139,11 +134,10 @@ def paged_attention_decode(query: torch.Tensor, key_cache: torch.Tensor, value_c
         check_out(out, query.shape, "query", query)
     if cuda_ops_available():
         torch.ops.ferrum_ext.paged_attention_decode(out, query, key_cache, value_cache, block_tables, seq_lens,
-                                                    float(scale), layout, max_seq_len, splits, kernel)
+                                                    float(scale), layout, max_seq_len, splits)
         return out
     return reference.paged_attention_decode(query, key_cache, value_cache, block_tables, seq_lens, float(scale),
-                                            layout, max_seq_len=max_seq_len, num_splits=num_splits, out=out,
-                                            kernel=kernel)
+                                            layout, max_seq_len=max_seq_len, num_splits=num_splits, out=out)
 
 
 def _check_varlen_values(query, cu_seqlens_q, seq_lens) -> None:
@@ -218,7 +212,7 @@ def register() -> None:
         reference.write_kv_cache(key, value, key_cache, value_cache, slot_mapping, layout)
 
     def decode_cpu(out, query, key_cache, value_cache, block_tables, seq_lens, scale, layout, max_seq_len,
-                   num_splits, variant="auto"):
+                   num_splits):
         reference.paged_attention_decode(query, key_cache, value_cache, block_tables, seq_lens, scale, layout,
                                          out=out)
 

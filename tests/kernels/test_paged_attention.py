@@ -12,7 +12,6 @@ from ferrum_ext.testing import assert_rel_close, make_cache, make_problem, poiso
 
 DTYPES = (torch.float16, torch.bfloat16)
 LAYOUTS = ("vllm", "nhd")
-KERNELS = ("v1", "v2")  # paged_attention_decode's CUDA kernels ("auto" = "v1")
 
 
 def _decode(q, kc, vc, bt, sl, layout, **kw):
@@ -80,8 +79,6 @@ def test_decode_errors():
         call(q, kc, vc, bt, sl, s, max_seq_len=-1)
     with pytest.raises(ValueError, match="num_splits"):
         call(q, kc, vc, bt, sl, s, num_splits=0)
-    with pytest.raises(ValueError, match="kernel"):
-        call(q, kc, vc, bt, sl, s, kernel="v3")
     with pytest.raises(ValueError, match="out"):
         call(q, kc, vc, bt, sl, s, out=torch.empty(3, 8, 64, dtype=q.dtype))
     with pytest.raises(TypeError, match="out"):
@@ -181,8 +178,7 @@ def _opcheck_samples(device):
         out = torch.empty_like(q)
         samples.append((out, q, kc, vc, bt, sl, 0.125, layout, bt.shape[1] * 16, 0))
         samples.append((out, q, kc, vc, bt, sl, 0.125, layout, 48, 2))
-        samples.append((out, q, kc, vc, bt, sl, 0.125, layout, 48, 0, "v1"))
-        samples.append((out, q, kc, vc, bt, sl, 0.125, layout, 48, 3, "v2"))
+        samples.append((out, q, kc, vc, bt, sl, 0.125, layout, 48, 3))
     return samples
 
 
@@ -212,26 +208,25 @@ _GQA_SHAPES = ((8, 8), (16, 2), (12, 3), (32, 4))
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("head_dim", (64, 96, 128, 256))
 @pytest.mark.parametrize("block_size", (8, 16, 32))
-def test_decode_matrix(dtype, layout, head_dim, block_size, kernel):
+def test_decode_matrix(dtype, layout, head_dim, block_size):
     h, kvh = _GQA_SHAPES[(head_dim // 32 + block_size // 8) % len(_GQA_SHAPES)]
     seq_lens = [1, 15, 16, 17, 511, 513, 0, 4097]
     q, kc, vc, bt, sl = make_problem(seq_lens, h, kvh, head_dim, block_size, dtype, layout, "cuda",
                                      seed=head_dim + block_size)
     for splits in (None, 1, 5):
-        out, ref = _decode(q, kc, vc, bt, sl, layout, num_splits=splits, kernel=kernel)
-        assert_rel_close(out, ref, what=f"decode {kernel} {layout} d{head_dim} bs{block_size} {h}q/{kvh}kv "
+        out, ref = _decode(q, kc, vc, bt, sl, layout, num_splits=splits)
+        assert_rel_close(out, ref, what=f"decode {layout} d{head_dim} bs{block_size} {h}q/{kvh}kv "
                                         f"splits={splits}")
     assert torch.count_nonzero(out[6]) == 0, "seq_lens == 0 must give zeros"
 
 
-# Context lengths for the v2 matrix: 1 token, mid-block ends around the 16/32-token stages
-# and blocks, 0 (zeros out), a few stages, and > one 256-token split (auto plan splits).
-_V2_LENS = [1, 7, 31, 33, 0, 47, 100, 161, 300, 1025]
+# Context lengths for the full matrix: 1 token, ends mid-block and around block / 64-token
+# boundaries, 0 (zeros out), a few blocks, and > one 256-token split (auto plan splits).
+_FULL_LENS = [1, 7, 31, 33, 0, 47, 100, 161, 300, 1025]
 
 
 @pytest.mark.gpu
@@ -240,59 +235,42 @@ _V2_LENS = [1, 7, 31, 33, 0, 47, 100, 161, 300, 1025]
 @pytest.mark.parametrize("head_dim", (64, 96, 128, 256))
 @pytest.mark.parametrize("block_size", (8, 16, 32))
 @pytest.mark.parametrize("group", (1, 4, 8, 16))
-def test_decode_v2_full_matrix(dtype, layout, head_dim, block_size, group):
-    """The v2 kernel on every dtype x layout x head_dim x block_size x GQA group; auto, single-pass
-    and forced split counts (3 splits: ranges that start mid-block for block_size 32 at head_dim 256)."""
+def test_decode_full_matrix(dtype, layout, head_dim, block_size, group):
+    """Every dtype x layout x head_dim x block_size x GQA group at odd contexts; auto, single-pass
+    and forced split counts (33 is capped by the plan to what the longest context allows)."""
     kvh = 2 if group < 16 else 1
-    q, kc, vc, bt, sl = make_problem(_V2_LENS, kvh * group, kvh, head_dim, block_size, dtype, layout, "cuda",
+    q, kc, vc, bt, sl = make_problem(_FULL_LENS, kvh * group, kvh, head_dim, block_size, dtype, layout, "cuda",
                                      seed=head_dim * 7 + block_size + group)
-    what = f"v2 {dtype} {layout} d{head_dim} bs{block_size} group {group} ({kvh * group}q/{kvh}kv)"
+    what = f"{dtype} {layout} d{head_dim} bs{block_size} group {group} ({kvh * group}q/{kvh}kv)"
     for splits in (None, 1, 3, 33):
-        out, ref = _decode(q, kc, vc, bt, sl, layout, num_splits=splits, kernel="v2")
+        out, ref = _decode(q, kc, vc, bt, sl, layout, num_splits=splits)
         assert_rel_close(out, ref, what=f"{what} splits={splits}")
         assert torch.count_nonzero(out[4]) == 0, f"{what} splits={splits}: seq_lens == 0 must give zeros"
-        for i, n in enumerate(_V2_LENS):  # per sequence, so a failure names the length
+        for i, n in enumerate(_FULL_LENS):  # per sequence, so a failure names the length
             if n:
                 assert_rel_close(out[i], ref[i], what=f"{what} splits={splits} seq_len={n}")
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("head_dim", (128, 256))
-def test_decode_v1_v2_agree(layout, head_dim):
-    """Both kernels against each other on a larger mixed batch (same rounding of P to the dtype)."""
-    gen = torch.Generator().manual_seed(21)
-    seq_lens = torch.randint(0, 2500, (37,), generator=gen).tolist()
-    q, kc, vc, bt, sl = make_problem(seq_lens, 32, 4, head_dim, 16, torch.bfloat16, layout, "cuda", seed=21)
-    o1, ref = _decode(q, kc, vc, bt, sl, layout, kernel="v1")
-    o2, _ = _decode(q, kc, vc, bt, sl, layout, kernel="v2")
-    assert_rel_close(o2, ref, what="v2 vs reference")
-    assert_rel_close(o1, ref, what="v1 vs reference")
-    assert_rel_close(o2, o1, what="v2 vs v1")
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("group", (1, 2, 3, 4, 5, 8, 16))
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_decode_gqa_groups(group, layout, kernel):
+def test_decode_gqa_groups(group, layout):
     kvh = 2
     seq_lens = [33, 700, 64, 1000, 17]
     q, kc, vc, bt, sl = make_problem(seq_lens, kvh * group, kvh, 128, 16, torch.bfloat16, layout, "cuda", seed=group)
-    out, ref = _decode(q, kc, vc, bt, sl, layout, kernel=kernel)
-    assert_rel_close(out, ref, what=f"{kernel} group {group}")
+    out, ref = _decode(q, kc, vc, bt, sl, layout)
+    assert_rel_close(out, ref, what=f"group {group}")
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_decode_long_context_split_paths_agree(layout, dtype, kernel):
+def test_decode_long_context_split_paths_agree(layout, dtype):
     q, kc, vc, bt, sl = make_problem([32768], 32, 4, 128, 16, dtype, layout, "cuda", seed=7)
     outs = {}
     for splits in (None, 1, 2, 64, 256):
-        out, ref = _decode(q, kc, vc, bt, sl, layout, num_splits=splits, kernel=kernel)
-        assert_rel_close(out, ref, what=f"{kernel} 32k context, num_splits={splits}")
+        out, ref = _decode(q, kc, vc, bt, sl, layout, num_splits=splits)
+        assert_rel_close(out, ref, what=f"32k context, num_splits={splits}")
         outs[splits] = out
     # Each path rounds its output to dtype once, so they agree to the dtype's tolerance
     # (bf16 measured 2.9e-3 apart on H100), not bit for bit.
@@ -310,24 +288,22 @@ def test_decode_many_sequences_mixed():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_decode_unused_block_table_entries_never_read(layout, kernel):
+def test_decode_unused_block_table_entries_never_read(layout):
     """Entries past ceil(seq_len / block_size) hold a huge id: reading one would fault."""
     seq_lens = [5, 300, 33]
     q, kc, vc, bt, sl = make_problem(seq_lens, 8, 2, 128, 16, torch.bfloat16, layout, "cuda", seed=5)
     for s, n in enumerate(seq_lens):
         bt[s, (n + 15) // 16 :] = 2**30
     for splits in (None, 3):
-        out, ref = _decode(q, kc, vc, bt, sl, layout, num_splits=splits, kernel=kernel)
+        out, ref = _decode(q, kc, vc, bt, sl, layout, num_splits=splits)
         torch.cuda.synchronize()
-        assert_rel_close(out, ref, what=f"{kernel} splits={splits}")
+        assert_rel_close(out, ref, what=f"splits={splits}")
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_decode_cuda_graph_replay(layout, kernel):
+def test_decode_cuda_graph_replay(layout):
     """Capture once for an upper bound max_seq_len, then change seq_lens and block_tables in place."""
     max_len, bs = 8192, 16
     first = [100, 4000, 1, 2048]
@@ -339,12 +315,11 @@ def test_decode_cuda_graph_replay(layout, kernel):
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
-        ops.paged_attention_decode(q, kc, vc, bt, sl, scale, layout, max_seq_len=max_len, out=out,
-                                   kernel=kernel)  # warm-up
+        ops.paged_attention_decode(q, kc, vc, bt, sl, scale, layout, max_seq_len=max_len, out=out)  # warm-up
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        ops.paged_attention_decode(q, kc, vc, bt, sl, scale, layout, max_seq_len=max_len, out=out, kernel=kernel)
+        ops.paged_attention_decode(q, kc, vc, bt, sl, scale, layout, max_seq_len=max_len, out=out)
     for lens in (first, [8192, 3, 777, 0], [17, 8000, 8191, 4096]):
         sl.copy_(torch.tensor(lens, dtype=torch.int32))
         bt.copy_(bt[torch.randperm(4, device="cuda")])
@@ -353,7 +328,7 @@ def test_decode_cuda_graph_replay(layout, kernel):
         graph.replay()
         torch.cuda.synchronize()
         assert_rel_close(out, reference.paged_attention_decode(q, kc, vc, bt, sl, scale, layout),
-                         what=f"{kernel} {lens}")
+                         what=f"{lens}")
 
 
 @pytest.mark.gpu
