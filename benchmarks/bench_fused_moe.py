@@ -16,6 +16,8 @@ run: a PyTorch pipeline (softmax / top-k, argsort, torch._grouped_mm for both GE
 combine; a per-expert loop of matmuls where _grouped_mm is missing).
 """
 
+import os
+
 import torch
 
 from ferrum_ext import ops
@@ -24,6 +26,10 @@ QWEN3_30B = dict(name="Qwen3-30B-A3B", E=128, k=8, H=2048, I=768)
 QWEN3_235B = dict(name="Qwen3-235B-A22B", E=128, k=8, H=4096, I=1536)
 CASES = [(QWEN3_30B, t) for t in (1, 4, 16, 64, 256, 1024, 4096, 16384)] + [(QWEN3_235B, t) for t in (1, 64, 4096)]
 ROTATE = 3
+# Per-kernel breakdown (torch.profiler) of T >= 1024, printed to the log. Opt-in: once the profiler has
+# run, CUPTI stays attached to the process and later benchmarks of short kernels ran slower (greedy_argmax
+# bf16 B=1: 34 us after it against 7.6 us alone, H100), so a full run leaves it off.
+BREAKDOWN = os.environ.get("FERRUM_BENCH_MOE_BREAKDOWN") == "1"
 
 
 def torch_moe(x, logits, w13, w2, top_k):
@@ -141,7 +147,7 @@ def run(ctx):
                 tier_graphs = _graphs(sets, lambda x, lg, o: ours(x, lg, w13, w2, k, o, tier))
                 forced.append((tier, ctx.time(lambda g: g.replay(), tier_graphs)))
                 del tier_graphs
-        if num_tokens >= 1024:
+        if num_tokens >= 1024 and BREAKDOWN:
             x, lg, o = sets[0]
             hopper = torch.cuda.get_device_capability()[0] == 9
             tiers = ["auto", "prefill_mma", "prefill_sm90"] if hopper else ["auto"]

@@ -379,7 +379,12 @@ def test_chained_layers_back_to_back(num_tokens):
     the auto tier (defaults: T = 1, 3 run "gemv", T = 16 "small"): programmatic dependent launch
     (csrc/moe/pdl_launch.h) must never let a kernel read an input before its producer finished, nor
     overwrite a buffer a previous kernel still reads. Checked against the reference layer by layer,
-    bit-identical over repeated eager runs, and CUDA-graph replay equal to eager."""
+    bit-identical over repeated eager runs, and CUDA-graph replay equal to eager.
+
+    Open (H100, 2026-11-27): at T = 3 and 16 repeated eager runs were not bit-identical, with PDL on
+    and off alike (each layer within tolerance of the reference). The router logits are therefore
+    computed with a plain elementwise product and a sum (deterministic) rather than a cuBLAS matmul,
+    whose reduction order may change between calls; if this still fails, the cause is in our kernels."""
     num_experts, top_k, hidden, inter, layers = 64, 8, 512, 256, 6
     g = torch.Generator(device="cpu").manual_seed(11)
     ws = [((torch.randn(num_experts, 2 * inter, hidden, generator=g) / math.sqrt(hidden)).cuda().bfloat16(),
@@ -390,10 +395,13 @@ def test_chained_layers_back_to_back(num_tokens):
     fixed_w, fixed_ids = reference.moe_route(torch.randn(num_tokens, num_experts, generator=g).cuda(), top_k, True)
     bufs = [torch.empty_like(x0) for _ in range(layers + 2)]
 
+    def router_logits(x, router):
+        return (x.float()[:, :, None] * router[None]).sum(1)
+
     def step():
         x = x0
         for i, (w13, w2, router) in enumerate(ws):
-            w, ids = ops.moe_route(x.float() @ router, top_k, True)
+            w, ids = ops.moe_route(router_logits(x, router), top_k, True)
             x = ops.fused_moe(x, w13, w2, w, ids, out=bufs[i]) * 2.0  # a torch kernel between layers
         # Two fused_moe calls in a row with nothing between them, the second reading the first's output.
         a = ops.fused_moe(x, ws[0][0], ws[0][1], fixed_w, fixed_ids, out=bufs[layers])
@@ -404,7 +412,7 @@ def test_chained_layers_back_to_back(num_tokens):
         # diverge wherever a rounding difference flips a near-tie in the routing).
         x = x0
         for i, (w13, w2, router) in enumerate(ws):
-            w, ids = reference.moe_route(x.float() @ router, top_k, True)
+            w, ids = reference.moe_route(router_logits(x, router), top_k, True)
             assert_rel_close(bufs[i], reference.fused_moe_grouped_reference(x, w13, w2, w, ids),
                              what=f"layer {i} of {layers}, T={num_tokens}")
             x = bufs[i] * 2.0
