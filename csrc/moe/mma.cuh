@@ -224,4 +224,18 @@ void launch_mma_config(const GemmArgs& args, cudaStream_t stream) {
   launch_pdl(kernel, grid, dim3(WARPS_M * WARPS_N * 32), smem, stream, args);
 }
 
+// One tier (one tile configuration): the instantiation for the runtime dtype and GEMM; nothing
+// when there is no tile. Each tier's .cu file instantiates its own, so the tiers build in parallel.
+template <int BM, int BN, int WARPS_M, int WARPS_N, int STAGES, int MIN_BLOCKS>
+void launch_mma_tier(const GemmArgs& args, bool gate_up, bool dtype_bf16, cudaStream_t stream) {
+  if (args.num_tiles == 0) return;
+  if (dtype_bf16) {
+    gate_up ? launch_mma_config<__nv_bfloat16, BM, BN, WARPS_M, WARPS_N, STAGES, true, MIN_BLOCKS>(args, stream)
+            : launch_mma_config<__nv_bfloat16, BM, BN, WARPS_M, WARPS_N, STAGES, false, MIN_BLOCKS>(args, stream);
+  } else {
+    gate_up ? launch_mma_config<__half, BM, BN, WARPS_M, WARPS_N, STAGES, true, MIN_BLOCKS>(args, stream)
+            : launch_mma_config<__half, BM, BN, WARPS_M, WARPS_N, STAGES, false, MIN_BLOCKS>(args, stream);
+  }
+}
+
 }  // namespace ferrum::moe

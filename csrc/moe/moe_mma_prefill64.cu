@@ -1,22 +1,13 @@
-// Prefill tensor-core tier, block_m 64: block_n 128, 8 warps (2 x 4), config <BM, BN, WM, WN, STAGES> = <64, 128, 2, 4, 4>.
+// Prefill tensor-core tier, block_m 64: block_n 128, 8 warps (2 x 4), 4 stages.
+// Template arguments: <BM, BN, WARPS_M, WARPS_N, STAGES, MIN_BLOCKS>.
 #include <cuda_runtime.h>
 
 #include "moe/mma.cuh"
 
 namespace ferrum::moe {
 
-template <typename T, bool G>
-static void run(const GemmArgs& args, cudaStream_t stream) {
-  launch_mma_config<T, 64, 128, 2, 4, 4, G, 2>(args, stream);
-}
-
 void launch_mma_prefill64(const GemmArgs& args, bool gate_up, bool dtype_bf16, cudaStream_t stream) {
-  if (args.num_tiles == 0) return;
-  if (dtype_bf16) {
-    gate_up ? run<__nv_bfloat16, true>(args, stream) : run<__nv_bfloat16, false>(args, stream);
-  } else {
-    gate_up ? run<__half, true>(args, stream) : run<__half, false>(args, stream);
-  }
+  launch_mma_tier<64, 128, 2, 4, 4, 2>(args, gate_up, dtype_bf16, stream);
 }
 
 }  // namespace ferrum::moe

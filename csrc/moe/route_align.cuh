@@ -111,6 +111,57 @@ constexpr int kAlignUnroll = 4;
 
 __device__ __forceinline__ bool valid_expert(int e, int num_experts) { return e >= 0 && e < num_experts; }
 
+// One warp counts the valid pairs of [p_begin, p_end) per expert into hist_w[E] (shared memory).
+// Each lane loads kAlignUnroll ids (p = base + q * 32 + lane) before using any: latency hidden.
+__device__ __forceinline__ void count_warp_pairs(const int* __restrict__ ids, int p_begin, int p_end,
+                                                 int num_experts, int* hist_w) {
+  const int lane = threadIdx.x % 32;
+  for (int base = p_begin; base < p_end; base += 32 * kAlignUnroll) {
+    int e[kAlignUnroll];
+#pragma unroll
+    for (int q = 0; q < kAlignUnroll; ++q) {
+      const int p = base + q * 32 + lane;
+      e[q] = p < p_end ? __ldg(ids + p) : -1;
+    }
+#pragma unroll
+    for (int q = 0; q < kAlignUnroll; ++q)
+      if (valid_expert(e[q], num_experts)) atomicAdd(&hist_w[e[q]], 1);
+  }
+}
+
+// One warp's stable scatter of [p_begin, p_end): pair p of expert e goes to slot
+// slot_base[e] + hist_w[e] + (pairs of e in this warp before p), and hist_w[e] advances by the
+// pairs placed; slot_base null: hist_w holds absolute slots. Rounds in q order keep p ascending
+// (round q holds p = base + q*32 .. base + q*32 + 31), so the order inside an expert is p order.
+__device__ __forceinline__ void scatter_warp_pairs(const int* __restrict__ ids, int p_begin, int p_end,
+                                                   int num_experts, int* hist_w, const int* slot_base,
+                                                   int* __restrict__ sorted_ids) {
+  const int lane = threadIdx.x % 32;
+  const unsigned lt_mask = (1u << lane) - 1u;
+  for (int base = p_begin; base < p_end; base += 32 * kAlignUnroll) {
+    int ev[kAlignUnroll];
+#pragma unroll
+    for (int q = 0; q < kAlignUnroll; ++q) {
+      const int p = base + q * 32 + lane;
+      ev[q] = p < p_end ? __ldg(ids + p) : -1;
+    }
+#pragma unroll
+    for (int q = 0; q < kAlignUnroll; ++q) {
+      const int p = base + q * 32 + lane;
+      const int e = valid_expert(ev[q], num_experts) ? ev[q] : -1;
+      const unsigned peers = __match_any_sync(0xffffffffu, e);
+      int slot = 0;
+      if (e >= 0) slot = hist_w[e];
+      __syncwarp();
+      if (e >= 0) {
+        sorted_ids[(slot_base != nullptr ? slot_base[e] : 0) + slot + __popc(peers & lt_mask)] = p;
+        if (lane == 31 - __clz(peers)) hist_w[e] = slot + __popc(peers);
+      }
+      __syncwarp();
+    }
+  }
+}
+
 // Launch with one CTA of 32 * num_warps threads and (num_warps + 2) * num_experts ints
 // of dynamic shared memory.
 __global__ void moe_align_kernel(const int* __restrict__ ids, int num_pairs, int num_experts, int block_m,
@@ -132,18 +183,7 @@ __global__ void moe_align_kernel(const int* __restrict__ ids, int num_pairs, int
 
   const int chunk = (num_pairs + nw - 1) / nw;
   const int p_begin = min(num_pairs, warp * chunk), p_end = min(num_pairs, p_begin + chunk);
-  // Each lane loads kAlignUnroll ids (p = base + q * 32 + lane) before using any: latency hidden.
-  for (int base = p_begin; base < p_end; base += 32 * kAlignUnroll) {
-    int e[kAlignUnroll];
-#pragma unroll
-    for (int q = 0; q < kAlignUnroll; ++q) {
-      const int p = base + q * 32 + lane;
-      e[q] = p < p_end ? __ldg(ids + p) : -1;
-    }
-#pragma unroll
-    for (int q = 0; q < kAlignUnroll; ++q)
-      if (valid_expert(e[q], num_experts)) atomicAdd(&hist[warp * num_experts + e[q]], 1);
-  }
+  count_warp_pairs(ids, p_begin, p_end, num_experts, hist + warp * num_experts);
   __syncthreads();
 
   for (int e = threadIdx.x; e < num_experts; e += blockDim.x) {
@@ -190,30 +230,7 @@ __global__ void moe_align_kernel(const int* __restrict__ ids, int num_pairs, int
   }
 
   // Stable scatter: pair p goes to start[e] + (pairs of e before it).
-  const unsigned lt_mask = (1u << lane) - 1u;
-  for (int base = p_begin; base < p_end; base += 32 * kAlignUnroll) {
-    int ev[kAlignUnroll];
-#pragma unroll
-    for (int q = 0; q < kAlignUnroll; ++q) {
-      const int p = base + q * 32 + lane;
-      ev[q] = p < p_end ? __ldg(ids + p) : -1;
-    }
-    // Rounds in q order keep p ascending: round q holds p = base + q*32 .. base + q*32 + 31.
-#pragma unroll
-    for (int q = 0; q < kAlignUnroll; ++q) {
-      const int p = base + q * 32 + lane;
-      const int e = valid_expert(ev[q], num_experts) ? ev[q] : -1;
-      const unsigned peers = __match_any_sync(0xffffffffu, e);
-      int offset = 0;
-      if (e >= 0) offset = hist[warp * num_experts + e];
-      __syncwarp();
-      if (e >= 0) {
-        sorted_ids[start[e] + offset + __popc(peers & lt_mask)] = p;
-        if (lane == 31 - __clz(peers)) hist[warp * num_experts + e] = offset + __popc(peers);
-      }
-      __syncwarp();
-    }
-  }
+  scatter_warp_pairs(ids, p_begin, p_end, num_experts, hist + warp * num_experts, start, sorted_ids);
 }
 
 
@@ -316,7 +333,7 @@ __global__ void __launch_bounds__(kAlignMultiWarps * 32) moe_align_scatter_kerne
   pdl_launch_dependents();
   extern __shared__ int smem[];
   constexpr int nw = kAlignMultiWarps;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int warp = threadIdx.x / 32;
   int* hist = smem;                       // [nw][E]: per-warp counts, then per-warp first slots
   int* ends_s = smem + nw * num_experts;  // [E]
   for (int i = threadIdx.x; i < nw * num_experts; i += blockDim.x) hist[i] = 0;
@@ -327,17 +344,7 @@ __global__ void __launch_bounds__(kAlignMultiWarps * 32) moe_align_scatter_kerne
   const int c_begin = c * chunk, c_end = min(num_pairs, c_begin + chunk);
   const int wchunk = chunk / nw;
   const int p_begin = min(c_end, c_begin + warp * wchunk), p_end = min(c_end, p_begin + wchunk);
-  for (int base = p_begin; base < p_end; base += 32 * kAlignUnroll) {
-    int e[kAlignUnroll];
-#pragma unroll
-    for (int q = 0; q < kAlignUnroll; ++q) {
-      const int p = base + q * 32 + lane;
-      e[q] = p < p_end ? __ldg(ids + p) : -1;
-    }
-#pragma unroll
-    for (int q = 0; q < kAlignUnroll; ++q)
-      if (valid_expert(e[q], num_experts)) atomicAdd(&hist[warp * num_experts + e[q]], 1);
-  }
+  count_warp_pairs(ids, p_begin, p_end, num_experts, hist + warp * num_experts);
   __syncthreads();
   for (int e = threadIdx.x; e < num_experts; e += blockDim.x) {
     int run = start[e] + counts[c * num_experts + e];
@@ -349,30 +356,8 @@ __global__ void __launch_bounds__(kAlignMultiWarps * 32) moe_align_scatter_kerne
   }
   __syncthreads();
 
-  // Stable scatter (as moe_align_kernel's pass 3; hist already holds absolute slots).
-  const unsigned lt_mask = (1u << lane) - 1u;
-  for (int base = p_begin; base < p_end; base += 32 * kAlignUnroll) {
-    int ev[kAlignUnroll];
-#pragma unroll
-    for (int q = 0; q < kAlignUnroll; ++q) {
-      const int p = base + q * 32 + lane;
-      ev[q] = p < p_end ? __ldg(ids + p) : -1;
-    }
-#pragma unroll
-    for (int q = 0; q < kAlignUnroll; ++q) {
-      const int p = base + q * 32 + lane;
-      const int e = valid_expert(ev[q], num_experts) ? ev[q] : -1;
-      const unsigned peers = __match_any_sync(0xffffffffu, e);
-      int slot = 0;
-      if (e >= 0) slot = hist[warp * num_experts + e];
-      __syncwarp();
-      if (e >= 0) {
-        sorted_ids[slot + __popc(peers & lt_mask)] = p;
-        if (lane == 31 - __clz(peers)) hist[warp * num_experts + e] = slot + __popc(peers);
-      }
-      __syncwarp();
-    }
-  }
+  // Stable scatter (hist already holds absolute slots).
+  scatter_warp_pairs(ids, p_begin, p_end, num_experts, hist + warp * num_experts, nullptr, sorted_ids);
 
   // Tile -> expert map and padding sentinels, spread over the whole grid.
   const int num_padded = num_padded_in[0];
