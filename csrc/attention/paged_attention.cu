@@ -348,22 +348,24 @@ void paged_attention_varlen(at::Tensor& out, const at::Tensor& query, const at::
                                                       num_splits, prefill_path == 1, stream)) {
     return;
   }
-  // Tiled: 4 query tokens per CTA; for long chunks (max_q_len >= 64) 64 query rows
-  // per CTA (64 / group' tokens, group' = group rounded up to a power of two) so
-  // K/V is reused across more queries (chunked prefill).
+  // Tiled: qpc consecutive query tokens of a sequence per CTA, so each K/V
+  // element is read once for all of them: 4 by default; with a host bound
+  // max_q_len > 4, up to 64 query rows per CTA (qpc = 64 / group', group' =
+  // group rounded up to a power of two, capped by max_q_len rounded up to a
+  // power of two: speculative verify of 8 tokens reads K/V once, not twice).
   at::Tensor tiles;
   int num_tiles = static_cast<int>(M);
   int mt = 1;
   if (tiled_q4) {
     int qpc = 4;
-    if (max_q_len >= 64) {
-      int g2 = 1;
+    if (max_q_len > 4) {
+      int g2 = 1, q2 = 1;
       while (g2 < p.group) g2 <<= 1;
-      qpc = std::max(4, 64 / g2);
-      mt = 4;
-    } else {
-      mt = p.group <= 4 ? 1 : (p.group <= 8 ? 2 : 4);
+      while (q2 < max_q_len && q2 < 64) q2 <<= 1;
+      qpc = std::max(4, std::min(64 / g2, q2));
     }
+    const int rows = qpc * p.group;
+    mt = rows <= 16 ? 1 : (rows <= 32 ? 2 : 4);
     num_tiles = static_cast<int>(std::min<int64_t>(M, (M + (qpc - 1) * B) / qpc));
     tiles = at::empty({num_tiles, 4}, query.options().dtype(at::kInt));
     p.tiles = reinterpret_cast<const int4*>(tiles.data_ptr<int>());

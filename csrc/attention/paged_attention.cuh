@@ -11,7 +11,11 @@
 // K/V stream through a kStages-deep cp.async pipeline of 64-token stages
 // (zero-filled past the end of the range), online softmax in the log2 domain.
 // Long contexts are split across CTAs (split-K): each split writes a
-// normalised fp32 partial and its log2-sum-exp; merge_kernel combines them.
+// normalised fp32 partial and its log2-sum-exp; merge_splits_kernel combines
+// them. Both kernels are launched with programmatic dependent launch
+// (common/pdl_launch.h): every thread waits for the previous grid before its
+// first global access, and the attention kernel lets the merge be scheduled
+// once its main loop is done, so the merge's launch hides behind the epilogue.
 //
 // Napkin math (H100, h128, bf16): a token of one kv head is 512 bytes of K+V;
 // at 3 TB/s an SM receives ~13 B/clk, i.e. one 32 KiB stage per ~2400 clk,
@@ -31,6 +35,7 @@
 #include <cstdint>
 
 #include "attention/mma_sync.cuh"
+#include "common/pdl.cuh"
 #include "common/types.cuh"
 
 namespace ferrum::attn {
@@ -128,6 +133,7 @@ __global__ void __launch_bounds__(kThreads) paged_attention_kernel(const AttnPar
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int tile = blockIdx.x, split = blockIdx.y, kvh = blockIdx.z;
+  pdl_wait();  // query, cache and tables come from earlier kernels
 
   // ---- which query rows, which keys ----
   int seq, q_row0, n_q, qpos0;
@@ -362,6 +368,7 @@ __global__ void __launch_bounds__(kThreads) paged_attention_kernel(const AttnPar
     }
   }
   cp_async_wait<0>();
+  pdl_launch_dependents();
   __syncthreads();  // the stage buffers become the combine area
 
   // ---- combine the WN warps of each m-tile, normalise, write ----
@@ -426,14 +433,24 @@ __global__ void __launch_bounds__(kThreads) paged_attention_kernel(const AttnPar
 
 // ---- split-K merge ---------------------------------------------------------
 
+constexpr int kMergeThreads = 256;
+
 // One CTA per (query row, head): out = sum_j w_j O_j / sum_j w_j with
 // w_j = exp2(lse_j - max lse) over the splits that hold keys of the row.
+// Thread (group g, lane q) owns float4 q of the row and splits g, g + G, ...;
+// it loads kMergeBatch of them (partial and lse together) before combining
+// them with a running max, so a row costs one round trip to L2, not one per
+// pass over the splits; the G groups are then combined through shared memory.
 template <typename T, int D>
-__global__ void __launch_bounds__(kThreads) merge_splits_kernel(const AttnParams p) {
-  __shared__ float s_w[kMaxSplits];
-  __shared__ float s_red[kWarps];
-  __shared__ float4 s_acc[kThreads];
+__global__ void __launch_bounds__(kMergeThreads) merge_splits_kernel(const AttnParams p) {
+  constexpr int Q = D / 4;                   // float4 lanes per row
+  constexpr int G = kMergeThreads / Q;       // groups of splits walked in parallel
+  constexpr int kMergeBatch = 8;
+  __shared__ float4 s_acc[G * Q];
+  __shared__ float s_m[G], s_w[G];
+  pdl_wait();  // the partials come from the attention kernel launched just before
   const int row = blockIdx.x, head = blockIdx.y, tid = threadIdx.x;
+  const int q = tid % Q, grp = tid / Q;
   int seq, qpos;
   if (p.mode == kTileDecode) {
     seq = row;
@@ -447,41 +464,57 @@ __global__ void __launch_bounds__(kThreads) merge_splits_kernel(const AttnParams
   const int n = min((end + p.tokens_per_split - 1) / p.tokens_per_split, p.num_splits);
   const int64_t prow = (static_cast<int64_t>(row) * p.num_heads + head) * p.num_splits;
 
-  float mx = -INFINITY;
-  for (int j = tid; j < n; j += kThreads) mx = fmaxf(mx, p.part_lse[prow + j]);
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
-  if ((tid & 31) == 0) s_red[tid >> 5] = mx;
-  __syncthreads();
-  mx = s_red[0];
-#pragma unroll
-  for (int w = 1; w < kWarps; ++w) mx = fmaxf(mx, s_red[w]);
-  const float base = mx == -INFINITY ? 0.f : mx;
-  for (int j = tid; j < n; j += kThreads) s_w[j] = fast_exp2(p.part_lse[prow + j] - base);
-  __syncthreads();
-
-  constexpr int Q = D / 4;               // float4 lanes per row
-  constexpr int GROUPS = kThreads / Q;   // splits walked in parallel
-  const int q = tid % Q, grp = tid / Q;
+  float m = -INFINITY, wsum = 0.f;  // running max and sum of weights, scaled by exp2(-m)
   float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-  float wsum = 0.f;
-  if (grp < GROUPS) {
-#pragma unroll 4
-    for (int j = grp; j < n; j += GROUPS) {
-      const float w = s_w[j];
-      const float4 x = *reinterpret_cast<const float4*>(p.part_out + (prow + j) * D + q * 4);
-      acc.x += w * x.x; acc.y += w * x.y; acc.z += w * x.z; acc.w += w * x.w;
+  if (grp < G) {
+    for (int j0 = grp; j0 < n; j0 += G * kMergeBatch) {
+      float lse[kMergeBatch];
+      float4 x[kMergeBatch];
+#pragma unroll
+      for (int b = 0; b < kMergeBatch; ++b) {
+        const int j = j0 + b * G;
+        lse[b] = j < n ? p.part_lse[prow + j] : -INFINITY;
+        x[b] = j < n ? *reinterpret_cast<const float4*>(p.part_out + (prow + j) * D + q * 4)
+                     : make_float4(0.f, 0.f, 0.f, 0.f);
+      }
+      float m_new = m;
+#pragma unroll
+      for (int b = 0; b < kMergeBatch; ++b) m_new = fmaxf(m_new, lse[b]);
+      if (m_new == -INFINITY) continue;  // no keys in these splits
+      const float r = fast_exp2(m - m_new);
+      acc.x *= r; acc.y *= r; acc.z *= r; acc.w *= r;
+      wsum *= r;
+#pragma unroll
+      for (int b = 0; b < kMergeBatch; ++b) {
+        const float w = fast_exp2(lse[b] - m_new);
+        acc.x += w * x[b].x; acc.y += w * x[b].y; acc.z += w * x[b].z; acc.w += w * x[b].w;
+        wsum += w;
+      }
+      m = m_new;
+    }
+    s_acc[grp * Q + q] = acc;
+    if (q == 0) {
+      s_m[grp] = m;
+      s_w[grp] = wsum;
     }
   }
-  for (int j = 0; j < n; ++j) wsum += s_w[j];
-  s_acc[tid] = acc;
   __syncthreads();
   if (tid < Q) {
-    for (int g = 1; g < GROUPS; ++g) {
-      const float4 x = s_acc[g * Q + tid];
-      acc.x += x.x; acc.y += x.y; acc.z += x.z; acc.w += x.w;
+    float M = -INFINITY;
+#pragma unroll
+    for (int g = 0; g < G; ++g) M = fmaxf(M, s_m[g]);
+    float W = 0.f;
+    acc = make_float4(0.f, 0.f, 0.f, 0.f);
+    if (M != -INFINITY) {
+#pragma unroll
+      for (int g = 0; g < G; ++g) {
+        const float r = fast_exp2(s_m[g] - M);
+        const float4 x = s_acc[g * Q + tid];
+        acc.x += r * x.x; acc.y += r * x.y; acc.z += r * x.z; acc.w += r * x.w;
+        W += r * s_w[g];
+      }
     }
-    const float inv = wsum > 0.f ? 1.f / wsum : 0.f;
+    const float inv = W > 0.f ? 1.f / W : 0.f;
     Packed<T, 4> v;
     v.v[0] = from_float<T>(acc.x * inv); v.v[1] = from_float<T>(acc.y * inv);
     v.v[2] = from_float<T>(acc.z * inv); v.v[3] = from_float<T>(acc.w * inv);

@@ -8,6 +8,7 @@
 
 #include "attention/paged_attention.cuh"
 #include "attention/paged_attention_launch.h"
+#include "common/pdl_launch.h"
 
 namespace ferrum::attn {
 
@@ -36,14 +37,14 @@ template <typename T, int D, int MT>
 void launch_attention(const AttnParams& p, int num_tiles, cudaStream_t stream) {
   constexpr int smem = attn_smem_bytes<D, MT>();
   const dim3 grid(num_tiles, p.num_splits, p.num_kv_heads);
-  paged_attention_kernel<T, D, MT><<<grid, kThreads, smem, stream>>>(p);
+  launch_pdl(paged_attention_kernel<T, D, MT>, grid, dim3(kThreads), smem, stream, p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 template <typename T, int D>
 void launch_merge(const AttnParams& p, int num_rows, cudaStream_t stream) {
   const dim3 grid(num_rows, p.num_heads);
-  merge_splits_kernel<T, D><<<grid, kThreads, 0, stream>>>(p);
+  launch_pdl(merge_splits_kernel<T, D>, grid, dim3(kMergeThreads), 0, stream, p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

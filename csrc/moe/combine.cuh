@@ -2,7 +2,7 @@
 //   out[t, :] = sum_{j = 0..k-1, ids[t, j] valid} weights[t, j] * y[t * k + j, :]
 // in fp32, in fixed j order, one CTA per token: no atomics, so a row's result is
 // bit-identical run to run and independent of the batch's other rows.
-// Bytes: T * k * H * sizeof(T) read + T * H * sizeof(T) written. Launched with PDL (pdl_launch.h).
+// Bytes: T * k * H * sizeof(T) read + T * H * sizeof(T) written. Launched with PDL (common/pdl_launch.h).
 #pragma once
 
 #include "common/types.cuh"

@@ -24,7 +24,7 @@
 #include "moe/moe_align_launch.h"
 #include "moe/moe_common.cuh"
 #include "moe/prefill_sm90.h"
-#include "moe/pdl_launch.h"
+#include "common/pdl_launch.h"
 #include "ops.h"
 
 namespace {
@@ -175,7 +175,7 @@ void fused_moe(at::Tensor& out, const at::Tensor& hidden, const at::Tensor& w13,
 
   FERRUM_DISPATCH_HALF_TYPES(hidden.scalar_type(), "fused_moe", [&] {
     const int threads = static_cast<int>(std::min<int64_t>(256, (H / 8 + 31) / 32 * 32));
-    ferrum::moe::launch_pdl(ferrum::moe::moe_combine_kernel<scalar_t>, dim3(static_cast<unsigned>(T)),
+    ferrum::launch_pdl(ferrum::moe::moe_combine_kernel<scalar_t>, dim3(static_cast<unsigned>(T)),
                             dim3(threads), 0, stream, reinterpret_cast<scalar_t*>(out.data_ptr()),
                             reinterpret_cast<const scalar_t*>(y.data_ptr()), topk_weights.data_ptr<float>(),
                             topk_ids.data_ptr<int>(), static_cast<int>(top_k), static_cast<int>(H),

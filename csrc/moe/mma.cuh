@@ -18,7 +18,7 @@
 
 #include "common/types.cuh"
 #include "moe/moe_common.cuh"
-#include "moe/pdl_launch.h"
+#include "common/pdl_launch.h"
 
 namespace ferrum::moe {
 
@@ -37,7 +37,7 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32, MIN_BLOCKS) moe_mma_ke
   static_assert(WM % 16 == 0 && WN % 16 == 0, "warp tile must be a multiple of 16 x 16");
   static_assert(A_ITERS >= 1 && (BM * 8) % THREADS == 0 && (BN * 8) % THREADS == 0, "load split");
 
-  // PDL (pdl_launch.h): gate_up waits for moe_align at once. down reads the tile map (moe_align,
+  // PDL (common/pdl_launch.h): gate_up waits for moe_align at once. down reads the tile map (moe_align,
   // final once gate_up passed its wait) and starts its weight loads before waiting for h.
   if constexpr (GATE_UP) {
     pdl_wait();

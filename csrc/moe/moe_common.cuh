@@ -7,6 +7,8 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "common/pdl.cuh"
+
 namespace ferrum::moe {
 
 // Rows per tile of the weight-streaming GEMV tier (its moe_align block_m).
@@ -34,21 +36,6 @@ struct GemmArgs {
 };
 
 __device__ __forceinline__ float silu_f(float x) { return x / (1.f + expf(-x)); }
-
-// Programmatic dependent launch (sm_90+). pdl_wait: block until the grid this one was launched
-// after (with cudaLaunchAttributeProgrammaticStreamSerialization) has completed and its writes
-// are visible; pdl_launch_dependents: let the next such grid be scheduled now. Both are no-ops
-// without the attribute and below sm_90 (plain stream order holds there).
-__device__ __forceinline__ void pdl_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void pdl_launch_dependents() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
 
 // Fire-and-forget prefetch of the 128-byte line holding p into L2 (normal priority: it outlives the
 // evict-first lines of ld.global.cs streams).

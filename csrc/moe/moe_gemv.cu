@@ -2,7 +2,7 @@
 #include <cuda_runtime.h>
 
 #include "moe/gemv.cuh"
-#include "moe/pdl_launch.h"
+#include "common/pdl_launch.h"
 
 namespace ferrum::moe {
 

@@ -8,7 +8,7 @@
 #include "common/checks.h"
 #include "common/dispatch.h"
 #include "moe/moe_align_launch.h"
-#include "moe/pdl_launch.h"
+#include "common/pdl_launch.h"
 #include "moe/route_align.cuh"
 #include "ops.h"
 
@@ -108,7 +108,7 @@ void moe_route(at::Tensor& weights, at::Tensor& ids, const at::Tensor& router_lo
   const unsigned grid = static_cast<unsigned>((num_tokens + kWarps - 1) / kWarps);
   FERRUM_DISPATCH_FLOAT_TYPES(router_logits.scalar_type(), "moe_route", [&] {
     auto launch = [&](auto kernel) {
-      ferrum::moe::launch_pdl(kernel, dim3(grid), dim3(kWarps * 32), 0, stream,
+      ferrum::launch_pdl(kernel, dim3(grid), dim3(kWarps * 32), 0, stream,
                               reinterpret_cast<const scalar_t*>(router_logits.data_ptr()), router_logits.stride(0),
                               static_cast<int>(num_tokens), static_cast<int>(num_experts), static_cast<int>(top_k),
                               renormalize, weights.data_ptr<float>(), ids.data_ptr<int>());

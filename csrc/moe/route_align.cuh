@@ -32,7 +32,7 @@ template <typename T, int kRoutePerLane>
 __global__ void moe_route_kernel(const T* __restrict__ logits, int64_t row_stride, int num_tokens, int num_experts,
                                  int top_k, bool renormalize, float* __restrict__ weights_out,
                                  int* __restrict__ ids_out) {
-  // Launched with PDL (pdl_launch.h): the logits come from the kernel before. The MoE kernel
+  // Launched with PDL (common/pdl_launch.h): the logits come from the kernel before. The MoE kernel
   // launched next (PDL too) may be scheduled once every CTA has passed this point; it waits for
   // this grid's completion before it reads weights_out / ids_out.
   pdl_wait();

@@ -165,7 +165,8 @@ def paged_attention_varlen(query: torch.Tensor, key_cache: torch.Tensor, value_c
                            _prefill_path: str = "auto") -> torch.Tensor:
     """Packed queries [M, H, D] of several sequences (offsets cu_seqlens_q [B + 1]) against the paged
     cache, causal: query i of sequence s sits at seq_lens[s] - q_len[s] + i. tiled_q4: one CTA serves
-    4 consecutive query tokens x all heads of a kv group. max_seq_len as in paged_attention_decode.
+    4 consecutive query tokens x all heads of a kv group (with max_q_len > 4: up to 64 query rows,
+    e.g. 8 tokens at group 8). max_seq_len as in paged_attention_decode.
     max_q_len: host upper bound of the chunk lengths (None: unknown). With max_q_len >= 64, chunks
     of >= 64 tokens run in the chunked-prefill kernel (128 query rows per CTA) and the other rows in
     the kernel tiled_q4 picks, in the same call. The tile lists are built on the device, so a graph

@@ -377,7 +377,7 @@ def test_chained_layers_back_to_back(num_tokens):
     """Layers launched back to back (route -> align -> gate_up -> down -> combine -> route ...) with
     each layer's output as the next layer's input, and fused_moe calls with no kernel in between, on
     the auto tier (defaults: T = 1, 3 run "gemv", T = 16 "small"): programmatic dependent launch
-    (csrc/moe/pdl_launch.h) must never let a kernel read an input before its producer finished, nor
+    (csrc/common/pdl_launch.h) must never let a kernel read an input before its producer finished, nor
     overwrite a buffer a previous kernel still reads. Checked against the reference layer by layer,
     bit-identical over repeated eager runs, and CUDA-graph replay equal to eager.
 

@@ -130,6 +130,24 @@ def test_varlen_groups_and_block_sizes(tiled, max_q_len, group, block_size):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("group", (1, 3, 4, 8, 16))
+@pytest.mark.parametrize("max_q_len", (5, 8, 33))
+def test_varlen_tiled_wide_tiles(layout, group, max_q_len):
+    """Tiled with a host bound 4 < max_q_len < 64 packs up to 64 query rows per CTA (8 tokens at
+    group 8, a tile of 1 token at most for decode rows): decode rows, chunks shorter than, equal to
+    and one below the bound, contexts ending mid-block and a long one (split-K), against the
+    reference and the plain path."""
+    q_lens = [1, max_q_len, 2, max_q_len - 1, 4, 1, min(max_q_len, 7)]
+    ctx = [q + c for q, c in zip(q_lens, (700, 15, 16, 4097, 33, 0, 511))]
+    args = _varlen_problem(q_lens, ctx, 2 * group, 2, 128, 16, torch.bfloat16, layout, "cuda", seed=group + max_q_len)
+    tiled, ref = _run(args, layout, True, max_q_len=max_q_len)
+    assert_rel_close(tiled, ref, what=f"tiled max_q_len={max_q_len} g{group} {layout}")
+    plain, _ = _run(args, layout, False, max_q_len=max_q_len)
+    assert rel_error(tiled, plain) <= 2e-2, f"tiled vs plain, max_q_len={max_q_len} g{group} {layout}"
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("tiled", (False, True))
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_varlen_split_k_long_context(tiled, layout):

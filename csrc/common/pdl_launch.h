@@ -1,11 +1,11 @@
 // Host-side launch with programmatic dependent launch (PDL) on sm_90+: the kernel may be scheduled
 // while the previous kernel of the stream still runs (once every CTA of that kernel has executed
 // griddepcontrol.launch_dependents, or exited), and must griddepcontrol.wait (pdl_wait in
-// moe_common.cuh) before it reads that kernel's outputs or writes anything. Below sm_90 it is a
+// common/pdl.cuh) before it reads that kernel's outputs or writes anything. Below sm_90 it is a
 // plain launch. Torch-free: a failed launch is left in cudaGetLastError for the caller's
 // C10_CUDA_KERNEL_LAUNCH_CHECK.
 //
-// Contract of the MoE kernels launched this way: every thread calls pdl_wait before its first global
+// Contract of the kernels launched this way: every thread calls pdl_wait before its first global
 // write and before it exits, and calls pdl_launch_dependents only after its pdl_wait. Then a kernel's
 // completion still implies its predecessor's, and a kernel may read, before its own wait, anything
 // that was final before its predecessor passed its wait (outputs of the kernel two launches back).
@@ -16,13 +16,13 @@
 #include <atomic>
 #include <utility>
 
-namespace ferrum::moe {
+namespace ferrum {
 
 // Whether the current device is sm_90+ (cached per device: host attribute queries only).
-// Building with -DFERRUM_MOE_DISABLE_PDL (e.g. NVCC_APPEND_FLAGS=-DFERRUM_MOE_DISABLE_PDL) turns every
-// MoE launch into a plain launch: an A/B switch for timing and a fallback; results are identical.
+// Building with -DFERRUM_DISABLE_PDL (e.g. NVCC_APPEND_FLAGS=-DFERRUM_DISABLE_PDL) turns every such
+// launch into a plain launch: an A/B switch for timing and a fallback; results are identical.
 inline bool pdl_supported() {
-#ifdef FERRUM_MOE_DISABLE_PDL
+#ifdef FERRUM_DISABLE_PDL
   return false;
 #endif
   constexpr int kMaxDevices = 64;
@@ -55,4 +55,4 @@ void launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, c
   (void)cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);  // error: see cudaGetLastError
 }
 
-}  // namespace ferrum::moe
+}  // namespace ferrum
