@@ -33,6 +33,28 @@ def make_moe(num_tokens, num_experts, top_k, hidden, inter, dtype, device, seed=
     return x, w13, w2, weights, ids
 
 
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bit-identical (NaN == NaN with the same payload; torch.equal is False on any NaN)."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if a.is_floating_point():
+        as_int = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
+        a, b = a.contiguous().view(as_int), b.contiguous().view(as_int)
+    return torch.equal(a, b)
+
+
+def diff_summary(a: torch.Tensor, b: torch.Tensor) -> str:
+    """Where two float tensors differ: count, rows, max |a - b| over finite pairs, NaN counts."""
+    ne = a.float() != b.float()
+    ne &= ~(a.float().isnan() & b.float().isnan())
+    idx = ne.nonzero()
+    fin = a.float().isfinite() & b.float().isfinite()
+    md = (a.float() - b.float())[fin].abs().max().item() if fin.any() else float("nan")
+    rows = sorted(set(idx[:, 0].tolist())) if idx.numel() else []
+    return (f"{idx.shape[0]} elements differ in rows {rows[:16]}, max |diff| {md:.3e}, "
+            f"NaN {int(a.float().isnan().sum())} / {int(b.float().isnan().sum())}")
+
+
 # ---- CPU: input errors ---------------------------------------------------------------------------
 
 
@@ -375,16 +397,19 @@ def test_auto_selection_matches_forced():
 @pytest.mark.gpu
 def test_chained_layers_back_to_back(num_tokens):
     """Layers launched back to back (route -> align -> gate_up -> down -> combine -> route ...) with
-    each layer's output as the next layer's input, and fused_moe calls with no kernel in between, on
-    the auto tier (defaults: T = 1, 3 run "gemv", T = 16 "small"): programmatic dependent launch
-    (csrc/common/pdl_launch.h) must never let a kernel read an input before its producer finished, nor
-    overwrite a buffer a previous kernel still reads. Checked against the reference layer by layer,
-    bit-identical over repeated eager runs, and CUDA-graph replay equal to eager.
+    each layer's output, RMS-normalised by torch kernels, as the next layer's input, and fused_moe
+    calls with no kernel in between, on the auto tier (defaults: T = 1, 3 run "gemv", T = 16
+    "small"): programmatic dependent launch (csrc/common/pdl_launch.h) must never let a kernel read an
+    input before its producer finished, nor overwrite a buffer a previous kernel still reads. Checked
+    against the reference layer by layer, bit-identical (same bits, see same_bits) over repeated eager
+    runs, and CUDA-graph replay equal to eager.
 
-    Open (H100, 2026-11-27): at T = 3 and 16 repeated eager runs were not bit-identical, with PDL on
-    and off alike (each layer within tolerance of the reference). The router logits are therefore
-    computed with a plain elementwise product and a sum (deterministic) rather than a cuBLAS matmul,
-    whose reduction order may change between calls; if this still fails, the cause is in our kernels."""
+    History (H100, 2026-11-27): with `* 2.0` between layers, T = 3 and 16 "were not bit-identical".
+    That was the test: silu(g) * u is quadratic in x, so activations grew doubly exponentially
+    (|out| ~ 3e10 after layer 6, ~2e20 after the first back-to-back call) and the last call overflowed
+    to inf - inf = NaN in one row (T = 1 stayed finite, 2e24). torch.equal is False on NaN even for
+    identical bits, while assert_rel_close accepts NaN where the reference has NaN. Now: RMS norm
+    between layers (every stage O(1)), a finiteness check, and bitwise comparison."""
     num_experts, top_k, hidden, inter, layers = 64, 8, 512, 256, 6
     g = torch.Generator(device="cpu").manual_seed(11)
     ws = [((torch.randn(num_experts, 2 * inter, hidden, generator=g) / math.sqrt(hidden)).cuda().bfloat16(),
@@ -398,11 +423,15 @@ def test_chained_layers_back_to_back(num_tokens):
     def router_logits(x, router):
         return (x.float()[:, :, None] * router[None]).sum(1)
 
+    def rms_norm(o):  # torch kernels between layers; keeps every layer's input O(1)
+        xf = o.float()
+        return (xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + 1e-6)).to(o.dtype)
+
     def step():
         x = x0
         for i, (w13, w2, router) in enumerate(ws):
             w, ids = ops.moe_route(router_logits(x, router), top_k, True)
-            x = ops.fused_moe(x, w13, w2, w, ids, out=bufs[i]) * 2.0  # a torch kernel between layers
+            x = rms_norm(ops.fused_moe(x, w13, w2, w, ids, out=bufs[i]))
         # Two fused_moe calls in a row with nothing between them, the second reading the first's output.
         a = ops.fused_moe(x, ws[0][0], ws[0][1], fixed_w, fixed_ids, out=bufs[layers])
         return ops.fused_moe(a, ws[1][0], ws[1][1], fixed_w, fixed_ids, out=bufs[layers + 1])
@@ -415,7 +444,7 @@ def test_chained_layers_back_to_back(num_tokens):
             w, ids = reference.moe_route(router_logits(x, router), top_k, True)
             assert_rel_close(bufs[i], reference.fused_moe_grouped_reference(x, w13, w2, w, ids),
                              what=f"layer {i} of {layers}, T={num_tokens}")
-            x = bufs[i] * 2.0
+            x = rms_norm(bufs[i])
         a = reference.fused_moe_grouped_reference(x, ws[0][0], ws[0][1], fixed_w, fixed_ids)
         assert_rel_close(bufs[layers], a, what="first of two back-to-back calls")
         assert_rel_close(final, reference.fused_moe_grouped_reference(bufs[layers], ws[1][0], ws[1][1], fixed_w,
@@ -427,8 +456,11 @@ def test_chained_layers_back_to_back(num_tokens):
     got = step().clone()
     torch.cuda.synchronize()
     check_layers(got)
-    for _ in range(3):  # determinism of the whole chain
-        assert torch.equal(step(), got)
+    for i, b in enumerate(bufs):
+        assert torch.isfinite(b).all(), f"buffer {i} holds non-finite values: the chain is not O(1)"
+    for r in range(3):  # determinism of the whole chain
+        again = step()
+        assert same_bits(again, got), f"eager run {r + 2} differs: {diff_summary(again, got)}"
 
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
@@ -443,7 +475,7 @@ def test_chained_layers_back_to_back(num_tokens):
             poison_(b)
         graph.replay()
         torch.cuda.synchronize()
-        assert torch.equal(res, got), "graph replay differs from eager"
+        assert same_bits(res, got), f"graph replay differs from eager: {diff_summary(res, got)}"
 
 
 # ---- GPU: the Hopper prefill tier (tier="prefill_sm90") -------------------------------------------
