@@ -2,7 +2,9 @@
 // checks, the split-K plan (host values only, so a CUDA graph captured for an
 // upper bound `max_seq_len` replays correctly), scratch, dispatch.
 //
-// Split plan: base = query tiles * kv_heads CTAs; slots = SMs * resident CTAs
+// Split plan: base = query tiles that can hold rows (a host bound: the grid's
+// tile count, or B * ceil(max_q_len / tokens per tile) when smaller) * kv_heads
+// CTAs; slots = SMs * resident CTAs
 // per SM. For each candidate s <= min(ceil(max_seq_len / 256), 256):
 // tokens_per_split = round_up(ceil(max_seq_len / s), 64), real splits =
 // ceil(max_seq_len / tokens_per_split), cost = ceil(base * real / slots) waves x
@@ -149,13 +151,22 @@ void plan_splits(AttnParams& p, int64_t base_ctas, int64_t max_seq_len, int slot
   p.tokens_per_split = static_cast<int>(tps);
 }
 
+// Tiles of a tile list that can hold rows: the list's size, or fewer when every
+// sequence has at most max_q_len (> 0) query tokens. Only the split plan uses it
+// (an empty tile exits at once), so a wrong max_q_len costs speed, not results.
+int64_t busy_tiles(int64_t num_tiles, int64_t num_seqs, int64_t max_q_len, int qpc) {
+  if (max_q_len <= 0) return num_tiles;
+  return std::min(num_tiles, num_seqs * ((max_q_len + qpc - 1) / qpc));
+}
+
+// Launches the kernel over `num_tiles` tiles (plus the merge when split); the
+// split plan counts `plan_tiles` of them as busy.
 template <typename T, int D, int MT>
-void run(AttnParams& p, const at::Tensor& query, int num_tiles, int64_t rows_total, int64_t max_seq_len,
-         int64_t forced_splits, cudaStream_t stream) {
+void run(AttnParams& p, const at::Tensor& query, int num_tiles, int64_t plan_tiles, int64_t rows_total,
+         int64_t max_seq_len, int64_t forced_splits, cudaStream_t stream) {
   const int device = query.get_device();
   const int per_sm = ferrum::attn::attention_ctas_per_sm<T, D, MT>(device);
-  plan_splits(p, static_cast<int64_t>(num_tiles) * p.num_kv_heads, max_seq_len, ferrum::sm_count(device) * per_sm,
-              forced_splits);
+  plan_splits(p, plan_tiles * p.num_kv_heads, max_seq_len, ferrum::sm_count(device) * per_sm, forced_splits);
   at::Tensor part_out, part_lse;
   if (p.num_splits > 1) {
     const auto f32 = query.options().dtype(at::kFloat);
@@ -265,9 +276,10 @@ bool varlen_with_prefill_kernel(AttnParams& p, const at::Tensor& out, const at::
   FERRUM_DISPATCH_ATTN_DTYPE(query.scalar_type(), [&] {
     FERRUM_DISPATCH_HEAD_DIM(static_cast<int>(query.size(2)), [&] {
       if (num_tiles > 0) {
-        if (mt == 1) run<scalar_t, kD, 1>(p, query, num_tiles, M, max_seq_len, num_splits, stream);
-        else if (mt == 2) run<scalar_t, kD, 2>(p, query, num_tiles, M, max_seq_len, num_splits, stream);
-        else run<scalar_t, kD, 4>(p, query, num_tiles, M, max_seq_len, num_splits, stream);
+        const int64_t plan = busy_tiles(num_tiles, B, std::min<int64_t>(mq, kMin - 1), qpc);
+        if (mt == 1) run<scalar_t, kD, 1>(p, query, num_tiles, plan, M, max_seq_len, num_splits, stream);
+        else if (mt == 2) run<scalar_t, kD, 2>(p, query, num_tiles, plan, M, max_seq_len, num_splits, stream);
+        else run<scalar_t, kD, 4>(p, query, num_tiles, plan, M, max_seq_len, num_splits, stream);
       }
       launch_prefill_part<scalar_t, kD>(p, out, cu_seqlens_q, tq, max_seq_len, static_cast<int>(pf_tiles), stream);
     });
@@ -304,7 +316,7 @@ void paged_attention_decode(at::Tensor& out, const at::Tensor& query, const at::
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   FERRUM_DISPATCH_ATTN_DTYPE(query.scalar_type(), [&] {
     FERRUM_DISPATCH_HEAD_DIM(static_cast<int>(query.size(2)), [&] {
-      run<scalar_t, kD, 1>(p, query, static_cast<int>(B), B, max_seq_len, num_splits, stream);
+      run<scalar_t, kD, 1>(p, query, static_cast<int>(B), B, B, max_seq_len, num_splits, stream);
     });
   });
 }
@@ -355,6 +367,7 @@ void paged_attention_varlen(at::Tensor& out, const at::Tensor& query, const at::
   // power of two: speculative verify of 8 tokens reads K/V once, not twice).
   at::Tensor tiles;
   int num_tiles = static_cast<int>(M);
+  int64_t plan = M;
   int mt = 1;
   if (tiled_q4) {
     int qpc = 4;
@@ -367,6 +380,7 @@ void paged_attention_varlen(at::Tensor& out, const at::Tensor& query, const at::
     const int rows = qpc * p.group;
     mt = rows <= 16 ? 1 : (rows <= 32 ? 2 : 4);
     num_tiles = static_cast<int>(std::min<int64_t>(M, (M + (qpc - 1) * B) / qpc));
+    plan = busy_tiles(num_tiles, B, max_q_len, qpc);
     tiles = at::empty({num_tiles, 4}, query.options().dtype(at::kInt));
     p.tiles = reinterpret_cast<const int4*>(tiles.data_ptr<int>());
     p.mode = ferrum::attn::kTileList;
@@ -378,9 +392,9 @@ void paged_attention_varlen(at::Tensor& out, const at::Tensor& query, const at::
   }
   FERRUM_DISPATCH_ATTN_DTYPE(query.scalar_type(), [&] {
     FERRUM_DISPATCH_HEAD_DIM(static_cast<int>(query.size(2)), [&] {
-      if (mt == 1) run<scalar_t, kD, 1>(p, query, num_tiles, M, max_seq_len, num_splits, stream);
-      else if (mt == 2) run<scalar_t, kD, 2>(p, query, num_tiles, M, max_seq_len, num_splits, stream);
-      else run<scalar_t, kD, 4>(p, query, num_tiles, M, max_seq_len, num_splits, stream);
+      if (mt == 1) run<scalar_t, kD, 1>(p, query, num_tiles, plan, M, max_seq_len, num_splits, stream);
+      else if (mt == 2) run<scalar_t, kD, 2>(p, query, num_tiles, plan, M, max_seq_len, num_splits, stream);
+      else run<scalar_t, kD, 4>(p, query, num_tiles, plan, M, max_seq_len, num_splits, stream);
     });
   });
 }
