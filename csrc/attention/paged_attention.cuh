@@ -23,10 +23,20 @@
 // margin, so the design goal is bytes in flight (2 stages of 32 KiB per CTA,
 // 2 CTAs per SM) and enough CTAs (split-K) to cover all SMs.
 //
-// Shared-memory tiles (16-byte units, conflict-free ldmatrix rows):
-//   K     [D/8][64 tokens]           unit = 8 dims of one token
-//   V     "nhd":  [D/8][64 tokens]   unit = 8 dims of one token (ldmatrix.trans)
-//         "vllm": [8 groups][D]      unit = 8 tokens of one dim
+// Loads: on sm_90 the "vllm" layout's cache blocks are contiguous per head
+// (K [D/8][bs][8], V [D][bs]: D * bs * 2 bytes each), so one lane of warp 0
+// copies a whole block of K and of V per stage with a bulk copy (TMA engine,
+// bulk_copy.cuh) completing on the stage's mbarrier; the shared tiles keep the
+// cache's own layout. Otherwise ("nhd", or before sm_90) every thread issues
+// 16-byte cp.async pieces into the tiles below.
+//
+// Shared-memory tiles (16-byte units; ldmatrix rows conflict-free except the
+// bulk "vllm" V, whose 8-row reads are bs * 2 bytes apart: 2-way at bs 16):
+//   K     cp.async: [D/8][64 tokens]          unit = 8 dims of one token
+//         bulk:     [64/bs blocks][D/8][bs]   unit = 8 dims of one token
+//   V     "nhd":    [D/8][64 tokens]          unit = 8 dims of one token (ldmatrix.trans)
+//         "vllm":   [8 groups][D]             unit = 8 tokens of one dim
+//         bulk:     [64/bs blocks][D][bs]     8 tokens of one dim per ldmatrix row
 //   Q     [D/8][ROWS]
 #pragma once
 
@@ -34,6 +44,7 @@
 #include <cuda_fp16.h>
 #include <cstdint>
 
+#include "attention/bulk_copy.cuh"
 #include "attention/mma_sync.cuh"
 #include "common/pdl.cuh"
 #include "common/types.cuh"
@@ -84,11 +95,19 @@ struct StageCfg {
   static_assert(kUnits % kThreads == 0, "head_dim must be a multiple of 16");
 };
 
-// Dynamic shared memory of one CTA, in bytes.
+// Dynamic shared memory of one CTA, in bytes: K and V stages, the Q tile, the
+// warps' (m, l) and one mbarrier per stage.
 template <int D, int MT>
 constexpr int attn_smem_bytes() {
-  return StageCfg<D>::kStages * 2 * StageCfg<D>::kStageElems * 2 + MT * 16 * D * 2 + kWarps * 16 * 2 * 4;
+  return StageCfg<D>::kStages * 2 * StageCfg<D>::kStageElems * 2 + MT * 16 * D * 2 + kWarps * 16 * 2 * 4 +
+         StageCfg<D>::kStages * 8;
 }
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+constexpr bool kBulkArch = true;
+#else
+constexpr bool kBulkArch = false;
+#endif
 
 // The sequence of packed query row `row`: the s with cu[s] <= row < cu[s + 1].
 __device__ __forceinline__ int find_seq(const int* cu, int num_seqs, int row) {
@@ -130,6 +149,7 @@ __global__ void __launch_bounds__(kThreads) paged_attention_kernel(const AttnPar
   T* sV = sK + Cfg::kStages * Cfg::kStageElems;
   T* sQ = sV + Cfg::kStages * Cfg::kStageElems;
   float* sML = reinterpret_cast<float*>(sQ + ROWS * D);  // [kWarps][16][2]: m, l
+  const uint32_t bar0 = smem_addr(sML + kWarps * 16 * 2);  // kStages mbarriers (bulk loads)
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int tile = blockIdx.x, split = blockIdx.y, kvh = blockIdx.z;
@@ -182,6 +202,14 @@ __global__ void __launch_bounds__(kThreads) paged_attention_kernel(const AttnPar
   const int64_t head_off = p.vllm_layout ? static_cast<int64_t>(kvh) * D * bs : static_cast<int64_t>(kvh) * D;
   const int64_t tok_stride = static_cast<int64_t>(p.num_kv_heads) * D;  // "nhd": elements between tokens
   const uint32_t sK0 = smem_addr(sK), sV0 = smem_addr(sV), sQ0 = smem_addr(sQ);
+  const bool bulk = kBulkArch && p.vllm_layout;
+  if (bulk) {
+    if (tid == 0) {
+      for (int b = 0; b < Cfg::kStages; ++b) mbar_init(bar0 + b * 8, 1);
+      fence_mbar_init();
+    }
+    __syncthreads();
+  }
 
   // Lane j holds the block id of block j of stage s (0 where past the range).
   auto load_block_ids = [&](int s) -> int {
@@ -189,7 +217,31 @@ __global__ void __launch_bounds__(kThreads) paged_attention_kernel(const AttnPar
     return (s < n_stages && (lane << lbs) < kStageTokens && tok < range_end) ? __ldg(bt + (tok >> lbs)) : 0;
   };
 
+  // Bulk loads (warp 0): lane j copies block j of the stage, K and V, if it
+  // holds a token of the range; lane 0 announces the bytes on the stage's mbarrier.
+  auto issue_stage_bulk = [&](int s, int bids) {
+    const int buf = s % Cfg::kStages;
+    const int valid = range_end - (kv_begin + s * kStageTokens);
+    const uint32_t bytes = D * bs * 2, bar = bar0 + buf * 8;
+    const bool mine = (lane << lbs) < min(valid, kStageTokens);
+    const int n = __popc(__ballot_sync(0xffffffffu, mine));
+    if (lane == 0) {
+      fence_proxy_async_smem();  // the buffer's last readers and zeroing came before (__syncthreads)
+      mbar_arrive_expect_tx(bar, 2 * n * bytes);
+    }
+    __syncwarp();
+    if (mine) {
+      const int64_t bid = bids;
+      bulk_copy_g2s(sK0 + buf * Cfg::kStageElems * 2 + lane * bytes, kc + bid * p.k_block_stride + head_off, bytes, bar);
+      bulk_copy_g2s(sV0 + buf * Cfg::kStageElems * 2 + lane * bytes, vc + bid * p.v_block_stride + head_off, bytes, bar);
+    }
+  };
+
   auto issue_stage = [&](int s, int bids) {
+    if (bulk) {
+      if (warp == 0) issue_stage_bulk(s, bids);
+      return;
+    }
     const int buf = s % Cfg::kStages;
     const int valid = range_end - (kv_begin + s * kStageTokens);  // tokens of this stage in range
     const uint32_t dK = sK0 + buf * Cfg::kStageElems * 2, dV = sV0 + buf * Cfg::kStageElems * 2;
@@ -259,6 +311,7 @@ __global__ void __launch_bounds__(kThreads) paged_attention_kernel(const AttnPar
 
   for (int s = 0; s < n_stages; ++s) {
     cp_async_wait<Cfg::kStages - 2>();
+    if (bulk) mbar_wait(bar0 + (s % Cfg::kStages) * 8, (s / Cfg::kStages) & 1);
     __syncthreads();  // stage s visible to all; everyone is done with stage s - 1's buffer
     {
       const int next = s + Cfg::kStages - 1;
@@ -269,9 +322,15 @@ __global__ void __launch_bounds__(kThreads) paged_attention_kernel(const AttnPar
     const int buf = s % Cfg::kStages;
     const int tok0 = kv_begin + s * kStageTokens;
     const int valid = range_end - tok0;
-    if (p.vllm_layout && valid < kStageTokens && (valid & 7)) {
-      // A "vllm" V unit holds 8 tokens: zero the tail of the partial one (the
-      // cache may hold NaN there, and 0 * NaN would poison P V).
+    // Zero V past the range (the cache may hold NaN there, and 0 * NaN would
+    // poison P V): bulk loads leave a block's tail and stale buffers there; a
+    // cp.async "vllm" unit holds 8 tokens, so only the tail of the partial one.
+    if (bulk && valid < kStageTokens) {
+      T* v = sV + buf * Cfg::kStageElems;
+      for (int i = tid; i < Cfg::kStageElems; i += kThreads)
+        if (((i / (D * bs)) << lbs) + (i & (bs - 1)) >= valid) v[i] = from_float<T>(0.f);
+      __syncthreads();
+    } else if (!bulk && p.vllm_layout && valid < kStageTokens && (valid & 7)) {
       T* v = sV + buf * Cfg::kStageElems + (valid >> 3) * D * 8;
       for (int i = tid; i < D * 8; i += kThreads)
         if ((i & 7) >= (valid & 7)) v[i] = from_float<T>(0.f);
@@ -298,7 +357,8 @@ __global__ void __launch_bounds__(kThreads) paged_attention_kernel(const AttnPar
       for (int j = 0; j < NT / 2; ++j) {
         uint32_t b[4];
         const int t = wn * TW + j * 16 + (mi >> 1) * 8 + li;
-        ldsm_x4(b, kbase + ((2 * kk + (mi & 1)) * kStageTokens + t) * 16);
+        const int c = 2 * kk + (mi & 1);
+        ldsm_x4(b, kbase + (bulk ? (((t >> lbs) * CH + c) << lbs) + (t & (bs - 1)) : c * kStageTokens + t) * 16);
         mma_16816<T>(sc[2 * j], a, b[0], b[1]);
         mma_16816<T>(sc[2 * j + 1], a, b[2], b[3]);
       }
@@ -355,7 +415,10 @@ __global__ void __launch_bounds__(kThreads) paged_attention_kernel(const AttnPar
 #pragma unroll
       for (int dp = 0; dp < DN / 2; ++dp) {
         uint32_t b[4];
-        if (p.vllm_layout) {
+        if (bulk) {
+          const int d = dp * 16 + (mi >> 1) * 8 + li, t = t0 + (mi & 1) * 8;
+          ldsm_x4(b, vbase + ((((t >> lbs) * D + d) << lbs) + (t & (bs - 1))) * 2);
+        } else if (p.vllm_layout) {
           const int d = dp * 16 + (mi >> 1) * 8 + li, g = (t0 >> 3) + (mi & 1);
           ldsm_x4(b, vbase + (g * D + d) * 16);
         } else {
