@@ -174,12 +174,25 @@ void fused_moe(at::Tensor& out, const at::Tensor& hidden, const at::Tensor& w13,
   run_gemm(false);
 
   FERRUM_DISPATCH_HALF_TYPES(hidden.scalar_type(), "fused_moe", [&] {
+#ifdef FERRUM_MOE_GEMV_LEGACY
     const int threads = static_cast<int>(std::min<int64_t>(256, (H / 8 + 31) / 32 * 32));
-    ferrum::moe::launch_pdl(ferrum::moe::moe_combine_kernel<scalar_t>, dim3(static_cast<unsigned>(T)),
+    ferrum::moe::launch_pdl(ferrum::moe::moe_combine_legacy_kernel<scalar_t>, dim3(static_cast<unsigned>(T)),
                             dim3(threads), 0, stream, reinterpret_cast<scalar_t*>(out.data_ptr()),
                             reinterpret_cast<const scalar_t*>(y.data_ptr()), topk_weights.data_ptr<float>(),
                             topk_ids.data_ptr<int>(), static_cast<int>(top_k), static_cast<int>(H),
                             static_cast<int>(E));
+#else
+    // One 16-byte chunk of H per thread: grid (T, ceil(H / 8 / threads)), 128 threads (2 CTAs per
+    // token at H 2048: more SMs' worth of loads in flight at tiny T).
+    const int64_t chunks = H / 8;
+    const int threads = static_cast<int>(std::min<int64_t>(128, (chunks + 31) / 32 * 32));
+    const dim3 grid(static_cast<unsigned>(T), static_cast<unsigned>((chunks + threads - 1) / threads));
+    ferrum::moe::launch_pdl(ferrum::moe::moe_combine_kernel<scalar_t>, grid, dim3(threads), 0, stream,
+                            reinterpret_cast<scalar_t*>(out.data_ptr()),
+                            reinterpret_cast<const scalar_t*>(y.data_ptr()), topk_weights.data_ptr<float>(),
+                            topk_ids.data_ptr<int>(), static_cast<int>(top_k), static_cast<int>(H),
+                            static_cast<int>(E));
+#endif
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
