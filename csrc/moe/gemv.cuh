@@ -19,9 +19,12 @@
 // lane in chunk order, warp-shuffle reduction, SiLU(gate) * up (gate_up), one store per column and
 // valid pair: the same arithmetic, in the same order, as the one-shot kernel it replaced.
 //
-// down (GATE_UP = false) reads the tile list of moe_align two launches back, final before gate_up
-// passed its griddepcontrol.wait (pdl_launch.h): it issues its first stage and L2 prefetches of its
-// next items' weights before it waits for h, so its weight stream starts in gate_up's tail.
+// Work before griddepcontrol.wait (PDL, pdl_launch.h), so DRAM streams while the previous kernel ends:
+// - gate_up, while moe_align runs (P <= 32): predicts its first item's expert from the router's ids
+//   (moe_align's layout, computed in-warp) and L2-prefetches that item's rows. A hint only.
+// - down reads the tile list of moe_align two launches back, final before gate_up passed its wait:
+//   it issues its first stage into registers and L2-prefetches its next kGemvPrefetchItems items'
+//   rows before it waits for h, so its weight stream starts in gate_up's tail.
 //
 // Napkin math, Qwen3-30B-A3B at T = 1 (8 experts, H 2048, I 768, bf16, H100: 132 SMs, ~3 TB/s):
 //   weights 8 * 3 * 2048 * 768 * 2 B = 75.5 MB -> 25 us at 3.0 TB/s (gate_up 50.3 MB, down 25.2 MB);
@@ -155,10 +158,6 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MIN_CTAS) moe_gemv_kernel(con
   constexpr int M = kGemvBlockM;
   constexpr int WR = GATE_UP ? 2 * ROWS : ROWS;  // weight rows per item
   constexpr int kStageChunks = 32 * UNROLL;      // 16-byte chunks per row and stage
-  if constexpr (GATE_UP) {
-    pdl_wait();  // tile list from moe_align, the launch just before (PDL launch, pdl_launch.h)
-    pdl_launch_dependents();
-  }
   const int lane = threadIdx.x % 32;
   const int nwarps = gridDim.x * kGemvWarps;
   const int gw = blockIdx.x * kGemvWarps + threadIdx.x / 32;
@@ -166,10 +165,45 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MIN_CTAS) moe_gemv_kernel(con
   const int dt = nwarps / ncg, dc = nwarps - dt * ncg;  // item step nwarps = dt tiles + dc groups
   const int chunks = args.k / 8;
   const int stages = (chunks + kStageChunks - 1) / kStageChunks;
-  const int num_padded = __ldg(args.num_padded);
   const T* const w_all = static_cast<const T*>(args.w);
   const int64_t expert_elems = static_cast<int64_t>(GATE_UP ? 2 * args.n_out : args.n_out) * args.k;
   const int64_t up_off = static_cast<int64_t>(args.n_out) * args.k;  // gate row n -> up row n_out + n
+  if constexpr (GATE_UP) {
+    // Before the wait, while moe_align runs: predict this warp's first item's expert from the router's
+    // ids (final before moe_align passed its wait, pdl_launch.h) with moe_align's layout (experts
+    // ascending, each run padded to M; the one-warp moe_align's arithmetic) and L2-prefetch its weight
+    // rows. Only a hint: the tile list is read after the wait; a wrong guess costs bandwidth, not results.
+    if (args.topk_ids != nullptr && args.num_pairs <= 32) {
+      int e = lane < args.num_pairs ? __ldg(args.topk_ids + lane) : -1;
+      if (e < 0 || e >= args.num_experts) e = -1;
+      const unsigned peers = __match_any_sync(0xffffffffu, e);
+      const bool leader = e >= 0 && (peers & ((1u << lane) - 1u)) == 0;
+      const int padded = leader ? (__popc(peers) + M - 1) / M * M : 0;
+      int start = 0;
+      for (unsigned rest = __ballot_sync(0xffffffffu, leader); rest != 0; rest &= rest - 1) {
+        const int j = __ffs(rest) - 1;
+        const int ej = __shfl_sync(0xffffffffu, e, j);
+        const int pj = __shfl_sync(0xffffffffu, padded, j);
+        if (ej < e) start += pj;
+      }
+      const int tile = gw / ncg, cg = gw - (gw / ncg) * ncg;
+      const unsigned hit = __ballot_sync(0xffffffffu, leader && start <= tile * M && tile * M < start + padded);
+      if (hit != 0) {
+        const int expert = __shfl_sync(0xffffffffu, e, __ffs(hit) - 1);
+        const T* pb = w_all + expert * expert_elems + static_cast<int64_t>(cg) * ROWS * args.k;
+        const int lines = args.k * static_cast<int>(sizeof(T)) / 128;  // 128-byte lines per row
+        for (int idx = lane; idx < WR * lines; idx += 32) {
+          const int r = idx / lines;
+          const int64_t roff = r >= ROWS ? up_off + static_cast<int64_t>(r - ROWS) * args.k
+                                         : static_cast<int64_t>(r) * args.k;
+          prefetch_l2(pb + roff + (idx - r * lines) * (128 / static_cast<int>(sizeof(T))));
+        }
+      }
+    }
+    pdl_wait();  // tile list from moe_align, the launch just before (PDL launch, pdl_launch.h)
+    pdl_launch_dependents();
+  }
+  const int num_padded = __ldg(args.num_padded);
 
   auto in_range = [&](int tile) { return tile < args.num_tiles && tile * M < num_padded; };
   auto advance = [&](int& tile, int& cg) {
