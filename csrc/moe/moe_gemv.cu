@@ -19,25 +19,29 @@ namespace {
 
 #ifndef FERRUM_MOE_GEMV_LEGACY
 // Resident CTAs of `kernel` per SM x SMs of the current device, cached per device and kernel (host
-// queries only; no stream work, so safe during graph capture). At least 1.
+// queries only, no stream work). Where the occupancy query fails, min_per_sm (the kernel's
+// __launch_bounds__ minimum, which ptxas guarantees) per SM; 132 SMs where even the SM count fails.
 template <typename Kernel>
-int resident_ctas(Kernel kernel) {
+int resident_ctas(Kernel kernel, int min_per_sm) {
   constexpr int kMaxDevices = 64;
   static std::atomic<int> cache[kMaxDevices] = {};
   int device = 0;
-  if (cudaGetDevice(&device) != cudaSuccess) return 1;
-  const bool cached = device >= 0 && device < kMaxDevices;
+  const bool have_device = cudaGetDevice(&device) == cudaSuccess;
+  const bool cached = have_device && device >= 0 && device < kMaxDevices;
   if (cached) {
     const int v = cache[device].load(std::memory_order_relaxed);
     if (v > 0) return v;
   }
   int sms = 0, per_sm = 0;
-  if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
-      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kGemvWarps * 32, 0) != cudaSuccess) {
+  if (!have_device || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
     (void)cudaGetLastError();  // leave no sticky error for the caller's launch check
-    return 1;
+    return 132 * min_per_sm;
   }
-  const int v = std::max(1, sms * std::max(1, per_sm));
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kGemvWarps * 32, 0) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return sms * min_per_sm;  // not cached: asked again next time
+  }
+  const int v = sms * std::max(min_per_sm, per_sm);
   if (cached) cache[device].store(v, std::memory_order_relaxed);
   return v;
 }
@@ -60,7 +64,7 @@ void launch(const GemmArgs& args, cudaStream_t stream) {
   auto kernel = moe_gemv_kernel<T, GATE_UP, ROWS, UNROLL, MIN_CTAS>;
   const int64_t items = static_cast<int64_t>(args.num_tiles) * (args.n_out / ROWS);
   const int64_t needed = (items + kGemvWarps - 1) / kGemvWarps;
-  const int ctas = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(resident_ctas(kernel), needed)));
+  const int ctas = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(resident_ctas(kernel, MIN_CTAS), needed)));
   launch_pdl(kernel, dim3(ctas), dim3(kGemvWarps * 32), 0, stream, args);
 #endif
 }
