@@ -136,6 +136,8 @@ void fused_moe(at::Tensor& out, const at::Tensor& hidden, const at::Tensor& w13,
   args.num_padded = num_padded;
   args.num_tiles = static_cast<int>(max_tiles);
   args.num_pairs = static_cast<int>(P);
+  args.topk_ids = topk_ids.data_ptr<int>();
+  args.num_experts = static_cast<int>(E);
   auto run_gemm = [&](bool gate_up) {
     switch (t) {
       case Tier::kGemv: ferrum::moe::launch_gemv(args, gate_up, bf16, stream); break;
@@ -174,9 +176,13 @@ void fused_moe(at::Tensor& out, const at::Tensor& hidden, const at::Tensor& w13,
   run_gemm(false);
 
   FERRUM_DISPATCH_HALF_TYPES(hidden.scalar_type(), "fused_moe", [&] {
-    const int threads = static_cast<int>(std::min<int64_t>(256, (H / 8 + 31) / 32 * 32));
-    ferrum::launch_pdl(ferrum::moe::moe_combine_kernel<scalar_t>, dim3(static_cast<unsigned>(T)),
-                            dim3(threads), 0, stream, reinterpret_cast<scalar_t*>(out.data_ptr()),
+    // One 16-byte chunk of H per thread: grid (T, ceil(H / 8 / threads)), 128 threads (2 CTAs per
+    // token at H 2048: more SMs' worth of loads in flight at tiny T).
+    const int64_t chunks = H / 8;
+    const int threads = static_cast<int>(std::min<int64_t>(128, (chunks + 31) / 32 * 32));
+    const dim3 grid(static_cast<unsigned>(T), static_cast<unsigned>((chunks + threads - 1) / threads));
+    ferrum::launch_pdl(ferrum::moe::moe_combine_kernel<scalar_t>, grid, dim3(threads), 0, stream,
+                            reinterpret_cast<scalar_t*>(out.data_ptr()),
                             reinterpret_cast<const scalar_t*>(y.data_ptr()), topk_weights.data_ptr<float>(),
                             topk_ids.data_ptr<int>(), static_cast<int>(top_k), static_cast<int>(H),
                             static_cast<int>(E));

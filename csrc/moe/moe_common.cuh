@@ -33,6 +33,10 @@ struct GemmArgs {
   int k;
   int a_row_div;
   int num_pairs;
+  // Router ids [num_pairs] and E, read only by the GEMV tier's gate_up as a prefetch hint before its
+  // PDL wait (gemv.cuh); may be null.
+  const int* topk_ids;
+  int num_experts;
 };
 
 __device__ __forceinline__ float silu_f(float x) { return x / (1.f + expf(-x)); }

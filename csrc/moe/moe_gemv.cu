@@ -1,5 +1,12 @@
 // Instantiations of the GEMV tier (gate_up and down, fp16 and bf16).
+//
+// moe_gemv_kernel (gemv.cuh): a grid of SMs x (resident CTAs per SM) CTAs, capped by the items
+// (num_tiles x column groups, host values: graph-safe), each warp streaming its share of the items.
 #include <cuda_runtime.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
 
 #include "moe/gemv.cuh"
 #include "common/pdl_launch.h"
@@ -7,14 +14,48 @@
 namespace ferrum::moe {
 
 namespace {
+
+// Resident CTAs of `kernel` per SM x SMs of the current device, cached per device and kernel (host
+// queries only, no stream work). Where the occupancy query fails, min_per_sm (the kernel's
+// __launch_bounds__ minimum, which ptxas guarantees) per SM; 132 SMs where even the SM count fails.
+template <typename Kernel>
+int resident_ctas(Kernel kernel, int min_per_sm) {
+  constexpr int kMaxDevices = 64;
+  static std::atomic<int> cache[kMaxDevices] = {};
+  int device = 0;
+  const bool have_device = cudaGetDevice(&device) == cudaSuccess;
+  const bool cached = have_device && device >= 0 && device < kMaxDevices;
+  if (cached) {
+    const int v = cache[device].load(std::memory_order_relaxed);
+    if (v > 0) return v;
+  }
+  int sms = 0, per_sm = 0;
+  if (!have_device || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
+    (void)cudaGetLastError();  // leave no sticky error for the caller's launch check
+    return 132 * min_per_sm;
+  }
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kGemvWarps * 32, 0) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return sms * min_per_sm;  // not cached: asked again next time
+  }
+  const int v = sms * std::max(min_per_sm, per_sm);
+  if (cached) cache[device].store(v, std::memory_order_relaxed);
+  return v;
+}
+
 template <typename T, bool GATE_UP>
 void launch(const GemmArgs& args, cudaStream_t stream) {
-  // gate_up: 1 column (its gate and up rows) per warp, 8 loads per row in flight; down: 2 columns,
-  // 4 loads per row (K = I is short). Small per-warp work keeps the grid's tail short.
+  // gate_up: 1 column (its gate and up rows) per item, stages of 4 loads per row (K = H = 2048: 2
+  // stages), 2 CTAs per SM; down: 2 columns per item, 3 loads per row (K = I = 768: one stage).
+  // Registers: see gemv.cuh's napkin math and the build's resource usage.
   constexpr int ROWS = GATE_UP ? 1 : 2;
-  constexpr int UNROLL = GATE_UP ? 8 : 4;
-  const dim3 grid((args.n_out + kGemvWarps * ROWS - 1) / (kGemvWarps * ROWS), args.num_tiles);
-  launch_pdl(moe_gemv_kernel<T, GATE_UP, ROWS, UNROLL>, grid, dim3(kGemvWarps * 32), 0, stream, args);
+  constexpr int UNROLL = GATE_UP ? 4 : 3;
+  constexpr int MIN_CTAS = 2;
+  auto kernel = moe_gemv_kernel<T, GATE_UP, ROWS, UNROLL, MIN_CTAS>;
+  const int64_t items = static_cast<int64_t>(args.num_tiles) * (args.n_out / ROWS);
+  const int64_t needed = (items + kGemvWarps - 1) / kGemvWarps;
+  const int ctas = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(resident_ctas(kernel, MIN_CTAS), needed)));
+  launch_pdl(kernel, dim3(ctas), dim3(kGemvWarps * 32), 0, stream, args);
 }
 }  // namespace
 

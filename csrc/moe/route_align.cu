@@ -72,6 +72,11 @@ void launch_align(const int* ids, int num_pairs, int num_experts, int block_m, i
                static_cast<const int*>(num_padded), sorted_ids, block_expert);
     return;
   }
+  if (num_pairs <= kAlignWarpMaxPairs) {  // decode-sized: one warp, same output
+    launch_pdl(moe_align_warp_kernel, dim3(1), dim3(32), 0, stream, ids, num_pairs, num_experts, block_m,
+               max_padded, max_tiles, sorted_ids, block_expert, num_padded);
+    return;
+  }
   // Per-warp histograms in at most 48 KiB of shared memory.
   const int warps = std::clamp(12288 / num_experts - 2, 1, 32);
   const size_t smem = static_cast<size_t>(warps + 2) * num_experts * sizeof(int);

@@ -25,6 +25,8 @@ MOE_SM90_MIN_PAIRS = 16384
 # (csrc/moe/route_align.cuh); the one-CTA kernel otherwise. The output is the same.
 MOE_ALIGN_MULTI_CTA_MIN_PAIRS = 4096
 MOE_ALIGN_MULTI_CTA_MAX_EXPERTS = 1024
+# ... and its one-warp kernel up to this many pairs (kAlignWarpMaxPairs): decode sizes. Same output.
+MOE_ALIGN_WARP_MAX_PAIRS = 32
 
 
 def moe_route(router_logits: torch.Tensor, top_k: int, renormalize: bool = True, *,

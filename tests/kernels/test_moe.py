@@ -315,6 +315,17 @@ def test_fused_moe_skewed_and_padded(routing, tier, num_tokens):
         assert torch.all(out[::4] == 0), "rows whose ids are all -1 must be zero"
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("routing", ["random", "one_expert", "padded"])
+@pytest.mark.gpu
+def test_gemv_tier_decode_shapes(dtype, routing):
+    """The GEMV tier at Qwen3-30B-A3B expert shapes (H 2048, I 768: gate_up 2 stages, down 1 stage per
+    item; E 16 to keep the weights small), T = 1..3: one pair per tile, or ("one_expert") T pairs
+    sharing each tile; the persistent grid gives every warp several items."""
+    for num_tokens in (1, 2, 3):
+        _check_fused(num_tokens, 16, 8, 2048, 768, dtype, "gemv", routing, seed=num_tokens)
+
+
 @pytest.mark.parametrize("tier", [None, "prefill", "small"])
 @pytest.mark.gpu
 def test_fused_moe_large_batch(tier):
@@ -721,6 +732,32 @@ def test_align_path_switch():
         names = " ".join(_launched(lambda: ops.moe_align(ids, 128, 16)))
         assert ("moe_align_count_kernel" in names) == multi, f"P={num_pairs}: launched {names}"
         assert ("moe_align_scatter_kernel" in names) == multi, f"P={num_pairs}: launched {names}"
+
+
+# ---- GPU: one-warp moe_align (P <= MOE_ALIGN_WARP_MAX_PAIRS) ------------------------------------
+
+
+@pytest.mark.parametrize("num_pairs", [1, 2, 5, 8, 16, 24, 31, 32, 33])
+@pytest.mark.parametrize("block_m", [1, 4, 16, 64])
+@pytest.mark.parametrize("routing", ["random", "skewed", "invalid", "one_expert", "all_invalid"])
+@pytest.mark.gpu
+def test_align_warp_path_matches_reference(num_pairs, block_m, routing):
+    """Decode-sized P through the one-warp kernel (33: the one-CTA kernel, same contract): duplicates,
+    ids < 0 and >= E skipped, every padding slot the sentinel P, tiles past num_padded -1."""
+    for num_experts in (8, 128):
+        ids = _align_ids(num_pairs, 1, num_experts, routing, seed=num_pairs * 7 + block_m)
+        _align_check(ids, num_experts, block_m, f"P={num_pairs} E={num_experts} block_m={block_m} routing={routing}")
+    ids = _align_ids(num_pairs, 1, 4096, routing, seed=num_pairs)  # E larger than any shared-memory plan
+    _align_check(ids, 4096, block_m, f"P={num_pairs} E=4096 block_m={block_m} routing={routing}")
+
+
+@pytest.mark.gpu
+def test_align_warp_path_switch():
+    lim = ops.moe.MOE_ALIGN_WARP_MAX_PAIRS
+    for num_pairs, warp in ((lim, True), (lim + 1, False)):
+        ids = _align_ids(num_pairs, 1, 128, "random", seed=0)
+        names = " ".join(_launched(lambda: ops.moe_align(ids, 128, 4)))
+        assert ("moe_align_warp_kernel" in names) == warp, f"P={num_pairs}: launched {names}"
 
 
 @pytest.mark.parametrize("tier", ["prefill_mma", "prefill_sm90", None])
