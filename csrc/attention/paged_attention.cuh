@@ -202,7 +202,9 @@ __global__ void __launch_bounds__(kThreads) paged_attention_kernel(const AttnPar
   const int64_t head_off = p.vllm_layout ? static_cast<int64_t>(kvh) * D * bs : static_cast<int64_t>(kvh) * D;
   const int64_t tok_stride = static_cast<int64_t>(p.num_kv_heads) * D;  // "nhd": elements between tokens
   const uint32_t sK0 = smem_addr(sK), sV0 = smem_addr(sV), sQ0 = smem_addr(sQ);
-  const bool bulk = kBulkArch && p.vllm_layout;
+  // MT 4 keeps cp.async: its warps read every token of a stage, and the bulk V
+  // tile's 2-way ldmatrix conflicts would make shared memory the bottleneck.
+  const bool bulk = kBulkArch && MT <= 2 && p.vllm_layout;
   if (bulk) {
     if (tid == 0) {
       for (int b = 0; b < Cfg::kStages; ++b) mbar_init(bar0 + b * 8, 1);
@@ -296,10 +298,10 @@ __global__ void __launch_bounds__(kThreads) paged_attention_kernel(const AttnPar
     bids = load_block_ids(s + 1);
   }
 
-  // Q is the same for every stage: at head_dim <= 128 its A fragments stay in
-  // registers (KS x 4), saving KS ldmatrix per warp per stage; larger heads
-  // would spill, and reload them from shared memory each stage.
-  constexpr bool kQInRegs = D <= 128;
+  // Q is the same for every stage: at head_dim <= 128 and one m-tile its A
+  // fragments stay in registers (KS x 4), saving KS ldmatrix per warp per
+  // stage; larger heads and m-tiles would spill, and reload them each stage.
+  constexpr bool kQInRegs = D <= 128 && MT == 1;
   const int mi = lane >> 3, li = lane & 7;
   auto q_addr = [&](int kk) { return sQ0 + ((2 * kk + (mi >> 1)) * ROWS + mt * 16 + (mi & 1) * 8 + li) * 16; };
   uint32_t qa[kQInRegs ? KS : 1][4];
