@@ -26,7 +26,7 @@
 // Loads: on sm_90 the "vllm" layout's cache blocks are contiguous per head
 // (K [D/8][bs][8], V [D][bs]: D * bs * 2 bytes each), so one lane of warp 0
 // copies a whole block of K and of V per stage with a bulk copy (TMA engine,
-// bulk_copy.cuh) completing on the stage's mbarrier; the shared tiles keep the
+// common/bulk_copy.cuh) completing on the stage's mbarrier; the shared tiles keep the
 // cache's own layout. Otherwise ("nhd", or before sm_90) every thread issues
 // 16-byte cp.async pieces into the tiles below.
 //
@@ -44,8 +44,8 @@
 #include <cuda_fp16.h>
 #include <cstdint>
 
-#include "attention/bulk_copy.cuh"
 #include "attention/mma_sync.cuh"
+#include "common/bulk_copy.cuh"
 #include "common/pdl.cuh"
 #include "common/types.cuh"
 

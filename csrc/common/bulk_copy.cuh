@@ -2,12 +2,13 @@
 // shared memory, completing on an mbarrier that counts the bytes. One thread
 // issues a whole contiguous piece (a cache block of one head: 4 KiB at head_dim
 // 128, block 16), so a stage costs a few instructions instead of one cp.async
-// per 16 bytes per thread. Empty below sm_90 (callers check kBulkArch).
+// per 16 bytes per thread. Used by paged attention (cache blocks) and the MoE
+// GEMV tier (weight rows). Empty below sm_90: callers keep another path there.
 #pragma once
 
 #include <cstdint>
 
-namespace ferrum::attn {
+namespace ferrum {
 
 __device__ __forceinline__ void mbar_init(uint32_t bar, int count) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -62,4 +63,4 @@ __device__ __forceinline__ void bulk_copy_g2s(uint32_t dst, const void* src, uin
 #endif
 }
 
-}  // namespace ferrum::attn
+}  // namespace ferrum
