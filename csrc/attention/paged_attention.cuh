@@ -23,25 +23,20 @@
 // margin, so the design goal is bytes in flight (2 stages of 32 KiB per CTA,
 // 2 CTAs per SM) and enough CTAs (split-K) to cover all SMs.
 //
-// Loads: on sm_90 (MT <= 2) warp 0 issues bulk copies (TMA engine,
-// common/bulk_copy.cuh) completing on the stage's mbarrier. "vllm": a cache
-// block of one head is contiguous (K [D/8][bs][8], V [D][bs]: D * bs * 2 bytes
-// each), so lane j copies block j of the stage, K and V, keeping the cache's
-// layout. "nhd": a token's head_dim is one contiguous row, so lanes copy token
-// rows into [64][D + 8] tiles (16 bytes of padding per row: ldmatrix rows
-// 272 bytes apart are conflict-free). Otherwise (MT 4, or before sm_90) every
-// thread issues 16-byte cp.async pieces into the cp.async tiles below.
+// Loads: on sm_90 the "vllm" layout's cache blocks are contiguous per head
+// (K [D/8][bs][8], V [D][bs]: D * bs * 2 bytes each), so one lane of warp 0
+// copies a whole block of K and of V per stage with a bulk copy (TMA engine,
+// common/bulk_copy.cuh) completing on the stage's mbarrier; the shared tiles keep the
+// cache's own layout. Otherwise ("nhd", or before sm_90) every thread issues
+// 16-byte cp.async pieces into the tiles below.
 //
 // Shared-memory tiles (16-byte units; ldmatrix rows conflict-free except the
-// bulk "vllm" V, whose 8-row reads are bs * 2 bytes apart: 2-way at bs 16).
-// A stage buffer is 64 * (D + 8) elements at MT <= 2 (room for the padded rows).
-//   K     cp.async:    [D/8][64 tokens]          unit = 8 dims of one token
-//         bulk vllm:   [64/bs blocks][D/8][bs]   unit = 8 dims of one token
-//         bulk nhd:    [64 tokens][D/8 + 1]      unit = 8 dims of one token
-//   V     cp.async nhd:  [D/8][64 tokens]        unit = 8 dims of one token (ldmatrix.trans)
-//         cp.async vllm: [8 groups][D]           unit = 8 tokens of one dim
-//         bulk vllm:   [64/bs blocks][D][bs]     8 tokens of one dim per ldmatrix row
-//         bulk nhd:    [64 tokens][D/8 + 1]      as K (ldmatrix.trans)
+// bulk "vllm" V, whose 8-row reads are bs * 2 bytes apart: 2-way at bs 16):
+//   K     cp.async: [D/8][64 tokens]          unit = 8 dims of one token
+//         bulk:     [64/bs blocks][D/8][bs]   unit = 8 dims of one token
+//   V     "nhd":    [D/8][64 tokens]          unit = 8 dims of one token (ldmatrix.trans)
+//         "vllm":   [8 groups][D]             unit = 8 tokens of one dim
+//         bulk:     [64/bs blocks][D][bs]     8 tokens of one dim per ldmatrix row
 //   Q     [D/8][ROWS]
 #pragma once
 
@@ -100,17 +95,11 @@ struct StageCfg {
   static_assert(kUnits % kThreads == 0, "head_dim must be a multiple of 16");
 };
 
-// Elements between stage buffers: MT <= 2 may load "nhd" rows padded to D + 8.
-template <int D, int MT>
-constexpr int stage_pitch() {
-  return MT <= 2 ? kStageTokens * (D + 8) : StageCfg<D>::kStageElems;
-}
-
 // Dynamic shared memory of one CTA, in bytes: K and V stages, the Q tile, the
 // warps' (m, l) and one mbarrier per stage.
 template <int D, int MT>
 constexpr int attn_smem_bytes() {
-  return StageCfg<D>::kStages * 2 * stage_pitch<D, MT>() * 2 + MT * 16 * D * 2 + kWarps * 16 * 2 * 4 +
+  return StageCfg<D>::kStages * 2 * StageCfg<D>::kStageElems * 2 + MT * 16 * D * 2 + kWarps * 16 * 2 * 4 +
          StageCfg<D>::kStages * 8;
 }
 
@@ -157,9 +146,8 @@ __global__ void __launch_bounds__(kThreads) paged_attention_kernel(const AttnPar
 
   extern __shared__ __align__(128) uint8_t smem_raw[];
   T* sK = reinterpret_cast<T*>(smem_raw);
-  constexpr int PITCH = stage_pitch<D, MT>();
-  T* sV = sK + Cfg::kStages * PITCH;
-  T* sQ = sV + Cfg::kStages * PITCH;
+  T* sV = sK + Cfg::kStages * Cfg::kStageElems;
+  T* sQ = sV + Cfg::kStages * Cfg::kStageElems;
   float* sML = reinterpret_cast<float*>(sQ + ROWS * D);  // [kWarps][16][2]: m, l
   const uint32_t bar0 = smem_addr(sML + kWarps * 16 * 2);  // kStages mbarriers (bulk loads)
 
@@ -214,11 +202,10 @@ __global__ void __launch_bounds__(kThreads) paged_attention_kernel(const AttnPar
   const int64_t head_off = p.vllm_layout ? static_cast<int64_t>(kvh) * D * bs : static_cast<int64_t>(kvh) * D;
   const int64_t tok_stride = static_cast<int64_t>(p.num_kv_heads) * D;  // "nhd": elements between tokens
   const uint32_t sK0 = smem_addr(sK), sV0 = smem_addr(sV), sQ0 = smem_addr(sQ);
-  // MT 4 keeps cp.async: its warps read every token of a stage, and the bulk
-  // "vllm" V tile's 2-way ldmatrix conflicts would make shared memory the bottleneck.
-  constexpr bool bulk = kBulkArch && MT <= 2;
-  const bool vllm = p.vllm_layout;
-  if constexpr (bulk) {
+  // MT 4 keeps cp.async: its warps read every token of a stage, and the bulk V
+  // tile's 2-way ldmatrix conflicts would make shared memory the bottleneck.
+  const bool bulk = kBulkArch && MT <= 2 && p.vllm_layout;
+  if (bulk) {
     if (tid == 0) {
       for (int b = 0; b < Cfg::kStages; ++b) mbar_init(bar0 + b * 8, 1);
       fence_mbar_init();
@@ -232,54 +219,34 @@ __global__ void __launch_bounds__(kThreads) paged_attention_kernel(const AttnPar
     return (s < n_stages && (lane << lbs) < kStageTokens && tok < range_end) ? __ldg(bt + (tok >> lbs)) : 0;
   };
 
-  // Bulk loads (warp 0), lane 0 announcing the stage's bytes on its mbarrier.
-  // "vllm": lane j copies block j (K and V) if it holds a token of the range;
-  // "nhd": lanes j and j + 32 copy token rows j and j + 32.
+  // Bulk loads (warp 0): lane j copies block j of the stage, K and V, if it
+  // holds a token of the range; lane 0 announces the bytes on the stage's mbarrier.
   auto issue_stage_bulk = [&](int s, int bids) {
     const int buf = s % Cfg::kStages;
-    const int valid = min(range_end - (kv_begin + s * kStageTokens), kStageTokens);
-    const uint32_t bar = bar0 + buf * 8, dK = sK0 + buf * PITCH * 2, dV = sV0 + buf * PITCH * 2;
-    if (vllm) {
-      const uint32_t bytes = D * bs * 2;
-      const bool mine = (lane << lbs) < valid;
-      if (lane == 0) {
-        fence_proxy_async_smem();  // the buffer's last readers and zeroing came before (__syncthreads)
-        mbar_arrive_expect_tx(bar, 2 * ((valid + bs - 1) >> lbs) * bytes);
-      }
-      __syncwarp();
-      if (mine) {
-        const int64_t bid = bids;
-        bulk_copy_g2s(dK + lane * bytes, kc + bid * p.k_block_stride + head_off, bytes, bar);
-        bulk_copy_g2s(dV + lane * bytes, vc + bid * p.v_block_stride + head_off, bytes, bar);
-      }
-    } else {
-      constexpr uint32_t kRow = D * 2;
-      if (lane == 0) {
-        fence_proxy_async_smem();
-        mbar_arrive_expect_tx(bar, 2 * valid * kRow);
-      }
-      __syncwarp();
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int t = lane + h * 32;
-        const int64_t bid = __shfl_sync(0xffffffffu, bids, t >> lbs);
-        if (t < valid) {
-          const int64_t off = (t & (bs - 1)) * tok_stride + head_off;
-          bulk_copy_g2s(dK + t * (kRow + 16), kc + bid * p.k_block_stride + off, kRow, bar);
-          bulk_copy_g2s(dV + t * (kRow + 16), vc + bid * p.v_block_stride + off, kRow, bar);
-        }
-      }
+    const int valid = range_end - (kv_begin + s * kStageTokens);
+    const uint32_t bytes = D * bs * 2, bar = bar0 + buf * 8;
+    const bool mine = (lane << lbs) < min(valid, kStageTokens);
+    const int n = __popc(__ballot_sync(0xffffffffu, mine));
+    if (lane == 0) {
+      fence_proxy_async_smem();  // the buffer's last readers and zeroing came before (__syncthreads)
+      mbar_arrive_expect_tx(bar, 2 * n * bytes);
+    }
+    __syncwarp();
+    if (mine) {
+      const int64_t bid = bids;
+      bulk_copy_g2s(sK0 + buf * Cfg::kStageElems * 2 + lane * bytes, kc + bid * p.k_block_stride + head_off, bytes, bar);
+      bulk_copy_g2s(sV0 + buf * Cfg::kStageElems * 2 + lane * bytes, vc + bid * p.v_block_stride + head_off, bytes, bar);
     }
   };
 
   auto issue_stage = [&](int s, int bids) {
-    if constexpr (bulk) {
+    if (bulk) {
       if (warp == 0) issue_stage_bulk(s, bids);
       return;
     }
     const int buf = s % Cfg::kStages;
     const int valid = range_end - (kv_begin + s * kStageTokens);  // tokens of this stage in range
-    const uint32_t dK = sK0 + buf * PITCH * 2, dV = sV0 + buf * PITCH * 2;
+    const uint32_t dK = sK0 + buf * Cfg::kStageElems * 2, dV = sV0 + buf * Cfg::kStageElems * 2;
 #pragma unroll
     for (int i = 0; i < Cfg::kUnitsPerThread; ++i) {
       const int u = tid + i * kThreads;
@@ -346,7 +313,7 @@ __global__ void __launch_bounds__(kThreads) paged_attention_kernel(const AttnPar
 
   for (int s = 0; s < n_stages; ++s) {
     cp_async_wait<Cfg::kStages - 2>();
-    if constexpr (bulk) mbar_wait(bar0 + (s % Cfg::kStages) * 8, (s / Cfg::kStages) & 1);
+    if (bulk) mbar_wait(bar0 + (s % Cfg::kStages) * 8, (s / Cfg::kStages) & 1);
     __syncthreads();  // stage s visible to all; everyone is done with stage s - 1's buffer
     {
       const int next = s + Cfg::kStages - 1;
@@ -361,17 +328,12 @@ __global__ void __launch_bounds__(kThreads) paged_attention_kernel(const AttnPar
     // poison P V): bulk loads leave a block's tail and stale buffers there; a
     // cp.async "vllm" unit holds 8 tokens, so only the tail of the partial one.
     if (bulk && valid < kStageTokens) {
-      T* v = sV + buf * PITCH;
-      if (vllm) {
-        for (int i = tid; i < Cfg::kStageElems; i += kThreads)
-          if (((i / (D * bs)) << lbs) + (i & (bs - 1)) >= valid) v[i] = from_float<T>(0.f);
-      } else {
-        for (int i = tid; i < (kStageTokens - valid) * D; i += kThreads)
-          v[(valid + i / D) * (D + 8) + i % D] = from_float<T>(0.f);
-      }
+      T* v = sV + buf * Cfg::kStageElems;
+      for (int i = tid; i < Cfg::kStageElems; i += kThreads)
+        if (((i / (D * bs)) << lbs) + (i & (bs - 1)) >= valid) v[i] = from_float<T>(0.f);
       __syncthreads();
-    } else if (!bulk && vllm && valid < kStageTokens && (valid & 7)) {
-      T* v = sV + buf * PITCH + (valid >> 3) * D * 8;
+    } else if (!bulk && p.vllm_layout && valid < kStageTokens && (valid & 7)) {
+      T* v = sV + buf * Cfg::kStageElems + (valid >> 3) * D * 8;
       for (int i = tid; i < D * 8; i += kThreads)
         if ((i & 7) >= (valid & 7)) v[i] = from_float<T>(0.f);
       __syncthreads();
@@ -383,7 +345,7 @@ __global__ void __launch_bounds__(kThreads) paged_attention_kernel(const AttnPar
     float sc[NT][4];
 #pragma unroll
     for (int n = 0; n < NT; ++n) sc[n][0] = sc[n][1] = sc[n][2] = sc[n][3] = 0.f;
-    const uint32_t kbase = sK0 + buf * PITCH * 2;
+    const uint32_t kbase = sK0 + buf * Cfg::kStageElems * 2;
 #pragma unroll
     for (int kk = 0; kk < KS; ++kk) {
       uint32_t a[4];
@@ -398,10 +360,7 @@ __global__ void __launch_bounds__(kThreads) paged_attention_kernel(const AttnPar
         uint32_t b[4];
         const int t = wn * TW + j * 16 + (mi >> 1) * 8 + li;
         const int c = 2 * kk + (mi & 1);
-        const int unit = !bulk ? c * kStageTokens + t
-                         : vllm ? (((t >> lbs) * CH + c) << lbs) + (t & (bs - 1))
-                                : t * (CH + 1) + c;
-        ldsm_x4(b, kbase + unit * 16);
+        ldsm_x4(b, kbase + (bulk ? (((t >> lbs) * CH + c) << lbs) + (t & (bs - 1)) : c * kStageTokens + t) * 16);
         mma_16816<T>(sc[2 * j], a, b[0], b[1]);
         mma_16816<T>(sc[2 * j + 1], a, b[2], b[3]);
       }
@@ -446,7 +405,7 @@ __global__ void __launch_bounds__(kThreads) paged_attention_kernel(const AttnPar
     }
 
     // O += P V.
-    const uint32_t vbase = sV0 + buf * PITCH * 2;
+    const uint32_t vbase = sV0 + buf * Cfg::kStageElems * 2;
 #pragma unroll
     for (int j = 0; j < TW / 16; ++j) {
       uint32_t pa[4];
@@ -458,17 +417,15 @@ __global__ void __launch_bounds__(kThreads) paged_attention_kernel(const AttnPar
 #pragma unroll
       for (int dp = 0; dp < DN / 2; ++dp) {
         uint32_t b[4];
-        if (vllm) {
-          const int d = dp * 16 + (mi >> 1) * 8 + li;
-          if (bulk) {
-            const int t = t0 + (mi & 1) * 8;
-            ldsm_x4(b, vbase + ((((t >> lbs) * D + d) << lbs) + (t & (bs - 1))) * 2);
-          } else {
-            ldsm_x4(b, vbase + (((t0 >> 3) + (mi & 1)) * D + d) * 16);
-          }
+        if (bulk) {
+          const int d = dp * 16 + (mi >> 1) * 8 + li, t = t0 + (mi & 1) * 8;
+          ldsm_x4(b, vbase + ((((t >> lbs) * D + d) << lbs) + (t & (bs - 1))) * 2);
+        } else if (p.vllm_layout) {
+          const int d = dp * 16 + (mi >> 1) * 8 + li, g = (t0 >> 3) + (mi & 1);
+          ldsm_x4(b, vbase + (g * D + d) * 16);
         } else {
           const int t = t0 + (mi & 1) * 8 + li, c = 2 * dp + (mi >> 1);
-          ldsm_x4_trans(b, vbase + (bulk ? t * (CH + 1) + c : c * kStageTokens + t) * 16);
+          ldsm_x4_trans(b, vbase + (c * kStageTokens + t) * 16);
         }
         mma_16816<T>(o[2 * dp], pa, b[0], b[1]);
         mma_16816<T>(o[2 * dp + 1], pa, b[2], b[3]);

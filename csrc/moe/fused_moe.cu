@@ -136,6 +136,8 @@ void fused_moe(at::Tensor& out, const at::Tensor& hidden, const at::Tensor& w13,
   args.num_padded = num_padded;
   args.num_tiles = static_cast<int>(max_tiles);
   args.num_pairs = static_cast<int>(P);
+  args.topk_ids = topk_ids.data_ptr<int>();
+  args.num_experts = static_cast<int>(E);
   auto run_gemm = [&](bool gate_up) {
     switch (t) {
       case Tier::kGemv: ferrum::moe::launch_gemv(args, gate_up, bf16, stream); break;

@@ -3,51 +3,42 @@
 // Work: tiles of kGemvBlockM (4) pairs of one expert, from moe_align. An item is (tile, column
 // group of ROWS output columns); its weights are WR = ROWS rows (down) or 2 * ROWS rows (gate_up: the
 // gate row n and the up row n_out + n of each column), k elements each. Items are numbered tile-major
-// (column group fastest). The tiles in use (below num_padded) are a prefix of the tile list, so the
-// items in use are a prefix of the numbering. Launch shape from host values only (graph-safe): a grid
-// of SMs x (resident CTAs per SM), capped by the items (moe_gemv.cu). Per item: fp32 accumulation,
-// warp-shuffle reduction, SiLU(gate) * up (gate_up), one store per column and valid pair; the order
-// of the sums is fixed by the launch shape, so results are deterministic run to run.
+// (column group fastest) and dealt round-robin to the warps of a grid sized to be resident at once
+// (SMs x occupancy, moe_gemv.cu): warp g takes items g, g + W, g + 2W, ... (W = warps in the grid).
+// The tiles in use (below num_padded) are a prefix of the tile list, so the items in use are a prefix
+// of the numbering and every warp gets the same number of them, +-1, whatever the routing; a warp
+// stops at its first item past num_padded. Launch shape from host values only (graph-safe).
 //
-// sm_90: moe_gemv_bulk_kernel. Items are dealt to CTAs round-robin (CTA b: b, b + G, ...; every CTA
-// gets the same number, +-1). An item's rows are contiguous in w (gate rows n0..n0+ROWS, up rows
-// n_out + n0.., down rows n0..), so thread 0 loads an item with 1 (down) or 2 (gate_up) bulk copies
-// (cp.async.bulk, the TMA engine, common/bulk_copy.cuh) into one stage of a ring of nst stage
-// buffers, completing on the stage's mbarrier (tx bytes = the stage's bytes; 0 for a tile without
-// an expert). Item i + nst - 1 is issued after the __syncthreads that follows the wait for item i
-// (its buffer's readers, item i - 1's, are done: fence.proxy.async, then the copies), so nst - 1
-// items stream while item i is computed. Warp w computes weight row w / (8 / WR), its chunks
-// interleaved with the row's other warps (16-byte ld.shared per lane, conflict-free), against the
-// tile's <= 4 activation rows read through L1; each warp's shuffle-reduced sums go to a shared
-// [2][warps][4] buffer, and item i - 1's epilogue (ROWS * 4 threads sum the warps in a fixed order)
-// runs after item i's __syncthreads: one barrier per item. Every issued stage is waited before exit.
-// Where the ring does not fit (large k) or the code was not built for sm_90: moe_gemv_kernel below.
+// Per warp, a software pipeline over stages (UNROLL 16-byte streaming loads per lane and weight row,
+// i.e. 32 * UNROLL consecutive 16-byte chunks of each row; an item has ceil(k / (256 * UNROLL))
+// stages): the loads of stage q + 1, which may belong to the next item, are issued before the FMAs of
+// stage q, in two register buffers (the loop is unrolled by two so the buffers never move). The next
+// item's expert id is fetched one item ahead and its pair ids when its first loads issue, so no
+// index load sits between two stages' weight loads. Activation rows (at most 4 per tile) are read
+// through L1 at FMA time (all warps of a CTA mostly share a tile). Per item: fp32 accumulation per
+// lane in chunk order, warp-shuffle reduction, SiLU(gate) * up (gate_up), one store per column and
+// valid pair: the same arithmetic, in the same order, as the one-shot kernel it replaced.
+//
+// Work before griddepcontrol.wait (PDL, common/pdl_launch.h), so DRAM streams while the previous kernel ends:
+// - gate_up, while moe_align runs (P <= 32): predicts its first item's expert from the router's ids
+//   (moe_align's layout, computed in-warp) and L2-prefetches that item's rows. A hint only.
+// - down reads the tile list of moe_align two launches back, final before gate_up passed its wait:
+//   it issues its first stage into registers and L2-prefetches its next kGemvPrefetchItems items'
+//   rows before it waits for h, so its weight stream starts in gate_up's tail.
 //
 // Napkin math, Qwen3-30B-A3B at T = 1 (8 experts, H 2048, I 768, bf16, H100: 132 SMs, ~3 TB/s):
 //   weights 8 * 3 * 2048 * 768 * 2 B = 75.5 MB -> 25 us at 3.0 TB/s (gate_up 50.3 MB, down 25.2 MB);
-//   FLOPs negligible (2 per weight element and pair). At ~3 TB/s and ~1-2 us loaded DRAM latency an SM
-//   needs >= 3 TB/s * 2 us / 132 = ~45 KB in flight; the ring is sized for ~2-4x that.
-//   gate_up (ROWS 2): stage = 4 rows * 4 KB = 16 KB (2 copies of 8 KB); ring budget 96 KB -> 6 stages
-//     per CTA, 2 CTAs per SM -> up to 2 * 5 * 16 = 160 KB in flight per SM. Items 8 * 384 = 3072 over
-//     264 CTAs: 11-12 each (tail <= 1 item, ~3%). SM receives ~23 GB/s: an item per CTA per ~1.4 us;
-//     its FMAs (8 K weights x <= 4 rows over 256 threads) take well under that.
-//   down (ROWS 8): stage = 8 rows * 1.5 KB = 12 KB (1 copy); 8 stages (96 KB) per CTA, 2 CTAs per SM ->
-//     up to 2 * 7 * 12 = 168 KB in flight per SM. Items 8 * 256 = 2048 over 264 CTAs: 7-8 each.
-//   Shared memory per CTA: 384 B (mbarriers, partial sums) + ring; 2 CTAs = ~193 KB of 228 KB, the rest L1
-//   (the activation rows: <= 4 * k * 2 B per tile).
-//
-// PDL (common/pdl_launch.h): gate_up waits first (its tile list is moe_align's, the launch before);
-// down reads its tile list (moe_align's of two launches back, final once gate_up passed its wait) and
-// issues its first nst - 1 stages (weights: always final) before it waits for h, so its weight stream
-// starts in gate_up's tail. Every thread waits before its first global write and before exit.
-//
-// Fallback (moe_gemv_kernel): items dealt round-robin to warps; per warp a register software pipeline
-// over stages of UNROLL 16-byte streaming loads per lane and weight row (two register buffers), the
-// next item's expert fetched one item ahead. It reaches ~55% of DRAM peak on an H100 (the reason
-// for the bulk kernel) and needs no shared memory.
+//   FLOPs negligible (2 per weight element and pair). At ~3 TB/s and ~1 us loaded DRAM latency, each
+//   SM needs >= 3 TB/s * 1 us / 132 = ~23 KB of loads in flight, more to ride out the tail.
+//   gate_up (ROWS 1, UNROLL 4): stage = 2 rows * 4 loads * 16 B * 32 lanes = 4 KB per warp, 1-2 stages
+//     in flight -> 4-8 KB per warp, 2 CTAs x 8 warps per SM -> 64-128 KB per SM. Items: 8 * 768 =
+//     6144 over 2112 warps: 2-3 items (8 KB each) per warp, 2 stages per item.
+//   down (ROWS 2, UNROLL 3): stage = 2 rows * 3 loads * 16 B * 32 lanes = 3 KB (a whole 768-element
+//     row pair), 3-6 KB in flight per warp, 16-24 warps per SM -> 48-144 KB per SM. Items: 8 * 1024.
+// The one-shot kernel kept each warp's loads in flight once (then reduce, exit, relaunch a CTA after
+// a dependent num_padded -> block_expert -> sorted_ids chain): ~55% of the time in flight, 1.6-1.85 TB/s.
 #pragma once
 
-#include "common/bulk_copy.cuh"
 #include "common/types.cuh"
 #include "moe/moe_common.cuh"
 
@@ -61,6 +52,10 @@ __device__ __forceinline__ float dot8(const Vec16<T>& x, const Vec16<T>& w, floa
 }
 
 constexpr int kGemvWarps = 8;
+
+// Items of a warp whose weights down L2-prefetches before its griddepcontrol.wait (after the first,
+// which it loads into registers).
+constexpr int kGemvPrefetchItems = 3;
 
 // Streaming GEMV over the tile list (file comment). Launch: kGemvWarps * 32 threads, any 1-D grid
 // (moe_gemv.cu sizes it to be resident at once); n_out % ROWS == 0, k % 64 == 0.
@@ -80,6 +75,37 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MIN_CTAS) moe_gemv_kernel(con
   const int64_t expert_elems = static_cast<int64_t>(GATE_UP ? 2 * args.n_out : args.n_out) * args.k;
   const int64_t up_off = static_cast<int64_t>(args.n_out) * args.k;  // gate row n -> up row n_out + n
   if constexpr (GATE_UP) {
+    // Before the wait, while moe_align runs: predict this warp's first item's expert from the router's
+    // ids (final before moe_align passed its wait, common/pdl_launch.h) with moe_align's layout (experts
+    // ascending, each run padded to M; the one-warp moe_align's arithmetic) and L2-prefetch its weight
+    // rows. Only a hint: the tile list is read after the wait; a wrong guess costs bandwidth, not results.
+    if (args.topk_ids != nullptr && args.num_pairs <= 32) {
+      int e = lane < args.num_pairs ? __ldg(args.topk_ids + lane) : -1;
+      if (e < 0 || e >= args.num_experts) e = -1;
+      const unsigned peers = __match_any_sync(0xffffffffu, e);
+      const bool leader = e >= 0 && (peers & ((1u << lane) - 1u)) == 0;
+      const int padded = leader ? (__popc(peers) + M - 1) / M * M : 0;
+      int start = 0;
+      for (unsigned rest = __ballot_sync(0xffffffffu, leader); rest != 0; rest &= rest - 1) {
+        const int j = __ffs(rest) - 1;
+        const int ej = __shfl_sync(0xffffffffu, e, j);
+        const int pj = __shfl_sync(0xffffffffu, padded, j);
+        if (ej < e) start += pj;
+      }
+      const int tile = gw / ncg, cg = gw - (gw / ncg) * ncg;
+      const unsigned hit = __ballot_sync(0xffffffffu, leader && start <= tile * M && tile * M < start + padded);
+      if (hit != 0) {
+        const int expert = __shfl_sync(0xffffffffu, e, __ffs(hit) - 1);
+        const T* pb = w_all + expert * expert_elems + static_cast<int64_t>(cg) * ROWS * args.k;
+        const int lines = args.k * static_cast<int>(sizeof(T)) / 128;  // 128-byte lines per row
+        for (int idx = lane; idx < WR * lines; idx += 32) {
+          const int r = idx / lines;
+          const int64_t roff = r >= ROWS ? up_off + static_cast<int64_t>(r - ROWS) * args.k
+                                         : static_cast<int64_t>(r) * args.k;
+          prefetch_l2(pb + roff + (idx - r * lines) * (128 / static_cast<int>(sizeof(T))));
+        }
+      }
+    }
     pdl_wait();  // tile list from moe_align, the launch just before (PDL launch, common/pdl_launch.h)
     pdl_launch_dependents();
   }
@@ -138,6 +164,22 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MIN_CTAS) moe_gemv_kernel(con
   issue(buf0, l_w, 0);
 
   if constexpr (!GATE_UP) {
+    // Before the wait (h is not ready yet): L2 prefetch of the next items' weight rows, 128-byte lines.
+    const int lines = args.k * static_cast<int>(sizeof(T)) / 128;  // per row
+    int p_tile = n_tile, p_cg = n_cg, p_exp = n_exp;
+    bool p_ok = n_ok;
+    for (int i = 0; i < kGemvPrefetchItems && p_ok; ++i) {
+      const T* pb = weight_base(p_exp, p_cg);
+      if (pb != nullptr) {
+        for (int idx = lane; idx < WR * lines; idx += 32) {
+          const int r = idx / lines;
+          prefetch_l2(pb + row_off(r) + (idx - r * lines) * (128 / static_cast<int>(sizeof(T))));
+        }
+      }
+      advance(p_tile, p_cg);
+      p_ok = in_range(p_tile);
+      p_exp = p_ok ? __ldg(args.block_expert + p_tile) : -1;
+    }
     pdl_wait();  // h from gate_up, the launch just before
     pdl_launch_dependents();
   }
@@ -232,192 +274,6 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MIN_CTAS) moe_gemv_kernel(con
 
   while (step(buf0, buf1) && step(buf1, buf0)) {
   }
-}
-
-// ---- sm_90: bulk copies into a shared-memory ring (file comment) ----
-
-constexpr int kGemvMaxStages = 8;     // mbarriers reserved at the start of shared memory
-constexpr int kGemvRedOffset = 64;    // partial sums [2][kGemvWarps][kGemvBlockM] fp32 (256 B)
-constexpr int kGemvRingOffset = 384;  // the ring: nst stages of stage_bytes, 128-byte aligned
-
-// Dynamic shared memory of moe_gemv_bulk_kernel for nst stages of stage_bytes.
-__host__ __device__ constexpr int gemv_bulk_smem(int nst, int stage_bytes) { return kGemvRingOffset + nst * stage_bytes; }
-
-// Launch: kGemvWarps * 32 threads, any 1-D grid, gemv_bulk_smem(nst, WR * k * sizeof(T)) bytes of dynamic
-// shared memory, 2 <= nst <= kGemvMaxStages; n_out % ROWS == 0, k % 8 == 0, w 16-byte aligned.
-// Empty below sm_90: the host launches it only where its code was built for sm_90 (moe_gemv.cu).
-template <typename T, bool GATE_UP, int ROWS>
-__global__ void __launch_bounds__(kGemvWarps * 32) moe_gemv_bulk_kernel(const GemmArgs args, const int nst) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  constexpr int M = kGemvBlockM;
-  constexpr int WR = GATE_UP ? 2 * ROWS : ROWS;  // weight rows per item
-  constexpr int WPR = kGemvWarps / WR;           // warps per weight row
-  static_assert(WR * WPR == kGemvWarps, "the warps must split the rows evenly");
-  extern __shared__ __align__(128) uint8_t smem[];
-  const uint32_t bar0 = smem_u32(smem);
-  float* const red = reinterpret_cast<float*>(smem + kGemvRedOffset);
-  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
-  const int ncg = args.n_out / ROWS;  // column groups per tile
-  const int chunks = args.k / 8;      // 16-byte chunks per weight row
-  const uint32_t row_bytes = static_cast<uint32_t>(args.k) * sizeof(T);
-  const uint32_t stage_bytes = WR * row_bytes;
-  const T* const w_all = static_cast<const T*>(args.w);
-  const int64_t expert_elems = static_cast<int64_t>(GATE_UP ? 2 * args.n_out : args.n_out) * args.k;
-  const int64_t up_off = static_cast<int64_t>(args.n_out) * args.k;  // gate row n -> up row n_out + n
-
-  if (tid == 0) {
-    for (int b = 0; b < nst; ++b) mbar_init(bar0 + b * 8, 1);
-    fence_mbar_init();
-  }
-  __syncthreads();
-  if constexpr (GATE_UP) {
-    pdl_wait();  // tile list from moe_align, the launch just before (PDL launch, common/pdl_launch.h)
-    pdl_launch_dependents();
-  }
-  // down: the tile list is moe_align's of two launches back, final before gate_up passed its wait.
-  const int num_padded = __ldg(args.num_padded);
-  const int total = min(args.num_tiles, num_padded / M) * ncg;  // items in use: a prefix of the numbering
-  const int G = gridDim.x;
-  const int bid = blockIdx.x;
-  const int n_items = total > bid ? (total - 1 - bid) / G + 1 : 0;  // this CTA's: bid, bid + G, ...
-  auto tile_of = [&](int i, int& cg) {
-    const int g = bid + i * G;
-    const int tile = g / ncg;
-    cg = g - tile * ncg;
-    return tile;
-  };
-  // Thread 0: item i's weight rows (expert e) into buffer i % nst; a tile without an expert only
-  // completes the phase. The fence orders the buffer's earlier readers (the __syncthreads before).
-  auto issue = [&](int i, int e) {
-    int cg;
-    tile_of(i, cg);
-    const int buf = i % nst;
-    const uint32_t bar = bar0 + buf * 8, dst = bar0 + kGemvRingOffset + buf * stage_bytes;
-    fence_proxy_async_smem();
-    mbar_arrive_expect_tx(bar, e >= 0 ? stage_bytes : 0);
-    if (e < 0) return;
-    const T* src = w_all + e * expert_elems + static_cast<int64_t>(cg) * ROWS * args.k;
-    bulk_copy_g2s(dst, src, ROWS * row_bytes, bar);
-    if constexpr (GATE_UP) bulk_copy_g2s(dst + ROWS * row_bytes, src + up_off, ROWS * row_bytes, bar);
-  };
-  auto expert_of = [&](int i) {
-    int cg;
-    return __ldg(args.block_expert + tile_of(i, cg));
-  };
-
-  int iss_e = -1;  // thread 0: expert of item iss_i, the next to issue (read one issue ahead)
-  if (tid == 0) {
-    for (int i = 0; i < nst - 1 && i < n_items; ++i) issue(i, expert_of(i));
-    if (nst - 1 < n_items) iss_e = expert_of(nst - 1);
-  }
-  if constexpr (!GATE_UP) {
-    pdl_wait();  // h from gate_up, the launch just before
-    pdl_launch_dependents();
-  }
-
-  const T* const a = static_cast<const T*>(args.a);
-  T* const out = static_cast<T*>(args.out);
-  // Item metadata, read one item ahead (nx_*), then the current (c_*) and previous (p_*) item's:
-  // pair ids, expert, first column.
-  int nx_pair[M], c_pair[M], p_pair[M];
-  int nx_e = -1, c_e = -1, p_e = -1, nx_n0 = 0, c_n0 = 0, p_n0 = 0;
-  auto load_next = [&](int i) {
-    int cg;
-    const int tile = tile_of(i, cg);
-    nx_n0 = cg * ROWS;
-    nx_e = __ldg(args.block_expert + tile);
-#pragma unroll
-    for (int m = 0; m < M; ++m) nx_pair[m] = __ldg(args.sorted_ids + tile * M + m);
-  };
-#pragma unroll
-  for (int m = 0; m < M; ++m) nx_pair[m] = c_pair[m] = p_pair[m] = 0;
-  if (n_items > 0) load_next(0);
-  auto valid_mask = [&](const int (&pair)[M], int e) {
-    unsigned v = 0;
-#pragma unroll
-    for (int m = 0; m < M; ++m) v |= (e >= 0 && pair[m] < args.num_pairs) ? 1u << m : 0u;
-    return v;
-  };
-  // Threads t < ROWS * M: column t / M of pair slot t % M, from the warps' partial sums (fixed order).
-  auto epilogue = [&](const float* rd, const int (&pair)[M], int e, int n0) {
-    if (tid >= ROWS * M) return;
-    const int col = tid / M, m = tid % M;
-    int pr = 0;
-#pragma unroll
-    for (int j = 0; j < M; ++j) pr = j == m ? pair[j] : pr;
-    if (e < 0 || pr >= args.num_pairs) return;
-    float g = 0.f, u = 0.f;
-#pragma unroll
-    for (int j = 0; j < WPR; ++j) g += rd[(col * WPR + j) * M + m];
-    if constexpr (GATE_UP) {
-#pragma unroll
-      for (int j = 0; j < WPR; ++j) u += rd[((ROWS + col) * WPR + j) * M + m];
-    }
-    const float v = GATE_UP ? silu_f(g) * u : g;
-    out[static_cast<int64_t>(pr) * args.n_out + n0 + col] = from_float<T>(v);
-  };
-
-  const int row = warp / WPR, part = warp % WPR;  // this warp's weight row and share of its chunks
-  int buf = 0;
-  uint32_t phase = 0;
-  for (int i = 0; i < n_items; ++i) {
-    mbar_wait(bar0 + buf * 8, phase);
-    __syncthreads();  // stage i visible to all; everyone is done with stage i - 1's buffer and wrote its sums
-    if (tid == 0 && i + nst - 1 < n_items) {
-      issue(i + nst - 1, iss_e);
-      if (i + nst < n_items) iss_e = expert_of(i + nst);
-    }
-#pragma unroll
-    for (int m = 0; m < M; ++m) {
-      p_pair[m] = c_pair[m];
-      c_pair[m] = nx_pair[m];
-    }
-    p_e = c_e;
-    p_n0 = c_n0;
-    c_e = nx_e;
-    c_n0 = nx_n0;
-    if (i + 1 < n_items) load_next(i + 1);
-    if (i > 0) epilogue(red + ((i - 1) & 1) * kGemvWarps * M, p_pair, p_e, p_n0);
-
-    const unsigned vmask = valid_mask(c_pair, c_e);
-    const T* x[M];
-#pragma unroll
-    for (int m = 0; m < M; ++m) x[m] = a + ((vmask >> m) & 1 ? c_pair[m] / args.a_row_div : 0) * args.a_stride;
-    const uint8_t* const wrow = smem + kGemvRingOffset + buf * stage_bytes + row * row_bytes;
-    float acc[M];
-#pragma unroll
-    for (int m = 0; m < M; ++m) acc[m] = 0.f;
-#pragma unroll 2
-    for (int c = part * 32 + lane; c < chunks; c += WPR * 32) {
-      Vec16<T> wv;
-      *reinterpret_cast<uint4*>(&wv) = *reinterpret_cast<const uint4*>(wrow + c * 16);
-#pragma unroll
-      for (int m = 0; m < M; ++m) {
-        if (!((vmask >> m) & 1)) continue;
-        Vec16<T> xv;
-        *reinterpret_cast<uint4*>(&xv) = __ldg(reinterpret_cast<const uint4*>(x[m] + c * 8));
-        acc[m] = dot8(xv, wv, acc[m]);
-      }
-    }
-    float* const rd = red + (i & 1) * kGemvWarps * M;
-#pragma unroll
-    for (int m = 0; m < M; ++m) {
-      if (!((vmask >> m) & 1)) continue;
-#pragma unroll
-      for (int off = 16; off > 0; off >>= 1) acc[m] += __shfl_xor_sync(0xffffffffu, acc[m], off);
-      if (lane == 0) rd[warp * M + m] = acc[m];
-    }
-    if (++buf == nst) {
-      buf = 0;
-      phase ^= 1u;
-    }
-  }
-  __syncthreads();  // the last item's sums
-  if (n_items > 0) epilogue(red + ((n_items - 1) & 1) * kGemvWarps * M, c_pair, c_e, c_n0);
-#else
-  (void)args;
-  (void)nst;
-#endif
 }
 
 }  // namespace ferrum::moe

@@ -33,9 +33,17 @@ struct GemmArgs {
   int k;
   int a_row_div;
   int num_pairs;
+  // Router ids [num_pairs] and E, read only by the GEMV tier's gate_up as a prefetch hint before its
+  // PDL wait (gemv.cuh); may be null.
+  const int* topk_ids;
+  int num_experts;
 };
 
 __device__ __forceinline__ float silu_f(float x) { return x / (1.f + expf(-x)); }
+
+// Fire-and-forget prefetch of the 128-byte line holding p into L2 (normal priority: it outlives the
+// evict-first lines of ld.global.cs streams).
+__device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
 
 __device__ __forceinline__ uint32_t smem_u32(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
