@@ -120,3 +120,13 @@ def make_problem(seq_lens: list[int], num_heads: int, kv_heads: int, head_dim: i
     q = torch.randn(rows, num_heads, head_dim, generator=gen).to(dtype)
     sl = torch.tensor(seq_lens, dtype=torch.int32)
     return tuple(t.to(device) for t in (q, kc, vc, bt, sl))
+
+
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bit-identical (NaN == NaN with the same payload; torch.equal is False on any NaN)."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if a.is_floating_point():
+        as_int = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
+        a, b = a.contiguous().view(as_int), b.contiguous().view(as_int)
+    return torch.equal(a, b)

@@ -31,19 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import ferrum_ext  # noqa: E402
 from ferrum_ext import ops, reference  # noqa: E402
-from ferrum_ext.testing import poison_, rel_error  # noqa: E402
+from ferrum_ext.testing import poison_, rel_error, same_bits  # noqa: E402
 
 E, TOP_K, H, I, LAYERS = 64, 8, 512, 256, 6
 GEMV_BLOCK_M, SMALL_BLOCK_M = 4, 16  # csrc/moe/moe_common.cuh (kGemvBlockM, kSmallBlockM)
-
-
-def same_bits(a, b):
-    if a.shape != b.shape or a.dtype != b.dtype:
-        return False
-    if a.is_floating_point():
-        as_int = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
-        a, b = a.contiguous().view(as_int), b.contiguous().view(as_int)
-    return torch.equal(a, b)
 
 
 def nonfinite(t):

@@ -15,6 +15,7 @@
 #include "common/checks.h"
 #include "common/device_info.h"
 #include "common/dispatch.h"
+#include "common/pdl_launch.h"
 #include "sampling/greedy_argmax.cuh"
 #include "ops.h"
 
@@ -134,22 +135,14 @@ void greedy_argmax(at::Tensor& ids, const std::optional<at::Tensor>& values, con
 
     if (num_chunks > 1) {
       constexpr int kMergeThreads = 256;
-      cudaLaunchConfig_t config = {};
-      config.gridDim = dim3(static_cast<unsigned>((B * 32 + kMergeThreads - 1) / kMergeThreads));
-      config.blockDim = dim3(kMergeThreads);
-      config.dynamicSmemBytes = 0;
-      config.stream = stream;
-      // Programmatic dependent launch (Hopper+): the merge kernel is scheduled while the
+      // Programmatic dependent launch (sm_90+): the merge kernel is scheduled while the
       // row kernel runs and waits for it with griddepcontrol.wait.
-      cudaLaunchAttribute attr[1];
-      attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-      attr[0].val.programmaticStreamSerializationAllowed = 1;
-      config.attrs = attr;
-      config.numAttrs = ferrum::cc_major(device) >= 9 ? 1 : 0;
       const uint64_t* partial_c = partial;
       const int chunks_i = static_cast<int>(num_chunks);
-      C10_CUDA_CHECK(cudaLaunchKernelEx(&config, ga::argmax_merge_kernel<scalar_t>, partial_c, chunks_i, B, x,
-                                        x_stride, out_ids, out_values));
+      ferrum::launch_pdl(ga::argmax_merge_kernel<scalar_t>,
+                         dim3(static_cast<unsigned>((B * 32 + kMergeThreads - 1) / kMergeThreads)),
+                         dim3(kMergeThreads), 0, stream, partial_c, chunks_i, B, x, x_stride, out_ids, out_values);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });
 }

@@ -31,6 +31,7 @@
 
 #include <cstdint>
 
+#include "common/pdl.cuh"
 #include "common/types.cuh"
 
 namespace ferrum {
@@ -84,19 +85,6 @@ __device__ __forceinline__ void consider_one(Best& best, const T* x, const uint8
   best.consider(c, i);
 }
 
-// Programmatic dependent launch (sm_90+): let the merge kernel be scheduled early, and
-// make it wait for the row kernel's results. Both are no-ops without the launch attribute.
-__device__ __forceinline__ void launch_dependents() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void wait_for_producer() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-
 // Writes the answer of one row from its merged key.
 template <typename T>
 __device__ __forceinline__ void write_result(uint64_t key, int64_t row, const T* x_row, int64_t* ids,
@@ -127,7 +115,7 @@ __global__ void __launch_bounds__(kThreads, kMasked ? 2 : 4)
                        T* __restrict__ values) {
   constexpr int kVec = 16 / sizeof(T);
   constexpr int kUnroll = kLoadsInFlight<T>;
-  launch_dependents();
+  pdl_launch_dependents();  // the merge kernel may be scheduled now (common/pdl.cuh)
   const int64_t row = blockIdx.x / num_chunks;
   const int chunk = static_cast<int>(blockIdx.x % num_chunks);
   const int tid = threadIdx.x;
@@ -214,7 +202,7 @@ template <typename T>
 __global__ void __launch_bounds__(256)
     argmax_merge_kernel(const uint64_t* partial, int num_chunks, int64_t rows, const T* __restrict__ logits,
                         int64_t logits_stride, int64_t* __restrict__ ids, T* __restrict__ values) {
-  wait_for_producer();
+  pdl_wait();  // the row kernel's partial keys
   const int64_t row = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
   const int lane = threadIdx.x % 32;
   if (row >= rows) return;

@@ -14,7 +14,7 @@ from torch.library import opcheck
 
 import ferrum_ext
 from ferrum_ext import ops, reference
-from ferrum_ext.testing import assert_rel_close, poison_, rel_error
+from ferrum_ext.testing import assert_rel_close, poison_, rel_error, same_bits
 
 needs_ops = pytest.mark.skipif(not ferrum_ext.cuda_ops_available(), reason="ferrum_ext._C not built")
 # "prefill" is the Hopper tier (CUTLASS grouped GEMMs) on 9.x GPUs built for 9.0a from
@@ -31,16 +31,6 @@ def make_moe(num_tokens, num_experts, top_k, hidden, inter, dtype, device, seed=
     logits = torch.randn(num_tokens, num_experts, generator=g).to(device)
     weights, ids = reference.moe_route(logits, top_k, True)
     return x, w13, w2, weights, ids
-
-
-def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Bit-identical (NaN == NaN with the same payload; torch.equal is False on any NaN)."""
-    if a.shape != b.shape or a.dtype != b.dtype:
-        return False
-    if a.is_floating_point():
-        as_int = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
-        a, b = a.contiguous().view(as_int), b.contiguous().view(as_int)
-    return torch.equal(a, b)
 
 
 def diff_summary(a: torch.Tensor, b: torch.Tensor) -> str:
