@@ -8,8 +8,8 @@
 // The rows form MT m16 tiles of a tensor-core mma.m16n8k16 (fp32 accumulate):
 //   S = Q K^T : A = Q rows (ldmatrix from smem), B = K tokens (ldmatrix),
 //   O += P V  : A = P (the S accumulators rounded to T), B = V (ldmatrix, .trans for "nhd").
-// K/V stream through a kStages-deep cp.async pipeline of 64-token stages
-// (zero-filled past the end of the range), online softmax in the log2 domain.
+// K/V stream through a kStages-deep pipeline of 64-token stages (see Loads),
+// online softmax in the log2 domain.
 // Long contexts are split across CTAs (split-K): each split writes a
 // normalised fp32 partial and its log2-sum-exp; merge_splits_kernel combines
 // them. Both kernels are launched with programmatic dependent launch
@@ -27,8 +27,9 @@
 // (K [D/8][bs][8], V [D][bs]: D * bs * 2 bytes each), so one lane of warp 0
 // copies a whole block of K and of V per stage with a bulk copy (TMA engine,
 // common/bulk_copy.cuh) completing on the stage's mbarrier; the shared tiles keep the
-// cache's own layout. Otherwise ("nhd", or before sm_90) every thread issues
-// 16-byte cp.async pieces into the tiles below.
+// cache's own layout. Otherwise ("nhd", MT 4, or before sm_90) every thread
+// issues 16-byte cp.async pieces into the tiles below (zero-filled past the
+// end of the range).
 //
 // Shared-memory tiles (16-byte units; ldmatrix rows conflict-free except the
 // bulk "vllm" V, whose 8-row reads are bs * 2 bytes apart: 2-way at bs 16):
