@@ -48,6 +48,10 @@ if has sanitize; then
 fi
 
 if has bench; then
+  # A test process killed by a timeout can keep the GPU busy and skew every timing after it.
+  for pid in $(nvidia-smi --query-compute-apps=pid --format=csv,noheader 2>/dev/null); do
+    echo "bench: killing leftover GPU process $pid"; kill -9 "$pid" 2>/dev/null
+  done
   python3 -m benchmarks.run --json "$OUT/bench.json" --markdown "$OUT/bench.md" ${BENCH_ARGS:-} \
     > "$OUT/bench.log" 2>&1 || status=1
   grep -vE "^\|" "$OUT/bench.log" | tail -80
