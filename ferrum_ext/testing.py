@@ -130,3 +130,17 @@ def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
         as_int = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
         a, b = a.contiguous().view(as_int), b.contiguous().view(as_int)
     return torch.equal(a, b)
+
+
+def capture_graph(fn):
+    """Runs fn once on a side stream (warm-up: allocator, lazy init), then captures it in a CUDA
+    graph. Returns (graph, what fn returned during capture)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        result = fn()
+    return graph, result

@@ -19,6 +19,15 @@
 // w[e] columns once per (m-tile, n-tile) pair; weights 9.4 MB per expert.
 #pragma once
 
+// Device asserts inside CuTe (cute/pointer_flagged.hpp) add a call that makes ptxas serialise
+// every wgmma (C7510); CUTLASS is meant to be built with NDEBUG
+// (this header comes first in its .cu file, before any CUTLASS header).
+#ifndef NDEBUG
+#define NDEBUG
+#endif
+// CUTLASS 4.2 headers under -std=c++20: "implicit by-copy capture of this is deprecated" (sm100 builders).
+#pragma nv_diag_suppress 2908
+
 #include <cuda_runtime.h>
 
 #include <cstdint>

@@ -111,18 +111,24 @@ constexpr int kAlignUnroll = 4;
 
 __device__ __forceinline__ bool valid_expert(int e, int num_experts) { return e >= 0 && e < num_experts; }
 
+// Lane's kAlignUnroll ids p = base + q * 32 + lane (-1 past p_end), all loaded before any is used.
+__device__ __forceinline__ void load_warp_ids(const int* __restrict__ ids, int base, int p_end,
+                                              int (&e)[kAlignUnroll]) {
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int q = 0; q < kAlignUnroll; ++q) {
+    const int p = base + q * 32 + lane;
+    e[q] = p < p_end ? __ldg(ids + p) : -1;
+  }
+}
+
 // One warp counts the valid pairs of [p_begin, p_end) per expert into hist_w[E] (shared memory).
-// Each lane loads kAlignUnroll ids (p = base + q * 32 + lane) before using any: latency hidden.
+// Each lane loads kAlignUnroll ids before using any (load_warp_ids): latency hidden.
 __device__ __forceinline__ void count_warp_pairs(const int* __restrict__ ids, int p_begin, int p_end,
                                                  int num_experts, int* hist_w) {
-  const int lane = threadIdx.x % 32;
   for (int base = p_begin; base < p_end; base += 32 * kAlignUnroll) {
     int e[kAlignUnroll];
-#pragma unroll
-    for (int q = 0; q < kAlignUnroll; ++q) {
-      const int p = base + q * 32 + lane;
-      e[q] = p < p_end ? __ldg(ids + p) : -1;
-    }
+    load_warp_ids(ids, base, p_end, e);
 #pragma unroll
     for (int q = 0; q < kAlignUnroll; ++q)
       if (valid_expert(e[q], num_experts)) atomicAdd(&hist_w[e[q]], 1);
@@ -140,11 +146,7 @@ __device__ __forceinline__ void scatter_warp_pairs(const int* __restrict__ ids, 
   const unsigned lt_mask = (1u << lane) - 1u;
   for (int base = p_begin; base < p_end; base += 32 * kAlignUnroll) {
     int ev[kAlignUnroll];
-#pragma unroll
-    for (int q = 0; q < kAlignUnroll; ++q) {
-      const int p = base + q * 32 + lane;
-      ev[q] = p < p_end ? __ldg(ids + p) : -1;
-    }
+    load_warp_ids(ids, base, p_end, ev);
 #pragma unroll
     for (int q = 0; q < kAlignUnroll; ++q) {
       const int p = base + q * 32 + lane;

@@ -9,7 +9,7 @@ import torch
 
 import ferrum_ext
 from ferrum_ext import ops, reference
-from ferrum_ext.testing import poison_
+from ferrum_ext.testing import capture_graph, poison_
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 INF, NAN = float("inf"), float("nan")
@@ -345,14 +345,7 @@ def test_gpu_cuda_graph(dtype, batch, masked):
     allowed = (torch.rand(batch, vocab, device="cuda") < 0.5) if masked else None
     ids = torch.empty(batch, dtype=torch.int64, device="cuda")
     values = torch.empty(batch, dtype=dtype, device="cuda")
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):  # warm-up outside the graph
-        ops.greedy_argmax(logits, return_value=True, allowed=allowed, out=(ids, values))
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        ops.greedy_argmax(logits, return_value=True, allowed=allowed, out=(ids, values))
+    graph, _ = capture_graph(lambda: ops.greedy_argmax(logits, return_value=True, allowed=allowed, out=(ids, values)))
     for seed in range(3):
         g = torch.Generator(device="cuda").manual_seed(100 + seed)
         logits.copy_(torch.randn(batch, vocab, device="cuda", generator=g).to(dtype))

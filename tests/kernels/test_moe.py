@@ -14,7 +14,7 @@ from torch.library import opcheck
 
 import ferrum_ext
 from ferrum_ext import ops, reference
-from ferrum_ext.testing import assert_rel_close, poison_, rel_error, same_bits
+from ferrum_ext.testing import assert_rel_close, capture_graph, poison_, rel_error, same_bits
 
 needs_ops = pytest.mark.skipif(not ferrum_ext.cuda_ops_available(), reason="ferrum_ext._C not built")
 # "prefill" is the Hopper tier (CUTLASS grouped GEMMs) on 9.x GPUs built for 9.0a from
@@ -350,14 +350,7 @@ def test_fused_moe_cuda_graph(num_tokens):
         w, ids = ops.moe_route(logits, top_k, True)
         ops.fused_moe(x, w13, w2, w, ids, out=out)
 
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        step()  # warm-up outside capture
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step()
+    graph, _ = capture_graph(step)
     for _ in range(3):
         logits.copy_(torch.randn_like(logits))
         x.copy_(torch.randn_like(x))
@@ -463,14 +456,7 @@ def test_chained_layers_back_to_back(num_tokens):
         again = step()
         assert same_bits(again, got), f"eager run {r + 2} differs: {diff_summary(again, got)}"
 
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        step()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        res = step()
+    graph, res = capture_graph(step)
     for _ in range(3):
         for b in bufs:
             poison_(b)
@@ -590,14 +576,7 @@ def test_prefill_sm90_cuda_graph(num_tokens):
         w, ids = ops.moe_route(logits, top_k, True)
         ops.fused_moe(x, w13, w2, w, ids, tier="prefill_sm90", out=out)
 
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        step()  # warm-up outside capture
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step()
+    graph, _ = capture_graph(step)
     for i in range(3):
         logits.copy_(torch.randn_like(logits) * (1 + 4 * i))  # sharper routing each replay: skewed groups
         x.copy_(torch.randn_like(x))
@@ -687,14 +666,7 @@ def test_align_multi_cta_deterministic_and_graph():
     for _ in range(3):
         got = ops.moe_align(ids, 64, 64)
         assert all(torch.equal(g, w) for g, w in zip(got, want)), "eager run differs from the reference"
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        ops.moe_align(ids, 64, 64, out=outs)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        ops.moe_align(ids, 64, 64, out=outs)
+    graph, _ = capture_graph(lambda: ops.moe_align(ids, 64, 64, out=outs))
     for i in range(3):
         ids.copy_(_align_ids(50000, 5, 64, "random" if i % 2 else "skewed", seed=10 + i))
         for o in outs:
@@ -706,20 +678,12 @@ def test_align_multi_cta_deterministic_and_graph():
             assert torch.equal(g, w), f"graph replay {i}: {name} differs"
 
 
-def _launched(fn):
-    from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        fn()
-        torch.cuda.synchronize()
-    return [e.name for e in prof.events() if e.device_type.name == "CUDA"]
-
-
 @pytest.mark.gpu
 def test_align_path_switch():
     lim = ops.moe.MOE_ALIGN_MULTI_CTA_MIN_PAIRS
     for num_pairs, multi in ((lim - 1, False), (lim, True)):
         ids = _align_ids(num_pairs, 1, 128, "random", seed=0)
-        names = " ".join(_launched(lambda: ops.moe_align(ids, 128, 16)))
+        names = " ".join(_kernel_names(lambda: ops.moe_align(ids, 128, 16)))
         assert ("moe_align_count_kernel" in names) == multi, f"P={num_pairs}: launched {names}"
         assert ("moe_align_scatter_kernel" in names) == multi, f"P={num_pairs}: launched {names}"
 
@@ -746,7 +710,7 @@ def test_align_warp_path_switch():
     lim = ops.moe.MOE_ALIGN_WARP_MAX_PAIRS
     for num_pairs, warp in ((lim, True), (lim + 1, False)):
         ids = _align_ids(num_pairs, 1, 128, "random", seed=0)
-        names = " ".join(_launched(lambda: ops.moe_align(ids, 128, 4)))
+        names = " ".join(_kernel_names(lambda: ops.moe_align(ids, 128, 4)))
         assert ("moe_align_warp_kernel" in names) == warp, f"P={num_pairs}: launched {names}"
 
 
@@ -773,7 +737,7 @@ def test_auto_sm90_threshold():
         ref = reference.fused_moe_grouped_reference(x, w13, w2, w, ids)
         for tier, expect in ((None, want), ("prefill", want), ("prefill_mma", False), ("prefill_sm90", True)):
             out = poison_(torch.empty_like(x))
-            names = _launched(lambda: ops.fused_moe(x, w13, w2, w, ids, tier=tier, out=out))
+            names = _kernel_names(lambda: ops.fused_moe(x, w13, w2, w, ids, tier=tier, out=out))
             got = any("cutlass" in n or "GemmUniversal" in n for n in names)
             assert got == expect, f"T={num_tokens} k={top_k} tier={tier}: CUTLASS launched {got}, expected {expect}"
             assert_rel_close(out, ref, what=f"T={num_tokens} k={top_k} tier={tier}")

@@ -8,7 +8,7 @@ import torch
 
 import ferrum_ext
 from ferrum_ext import ops, reference
-from ferrum_ext.testing import assert_rel_close, make_cache, make_problem, poison_
+from ferrum_ext.testing import assert_rel_close, capture_graph, make_cache, make_problem, poison_
 
 DTYPES = (torch.float16, torch.bfloat16)
 LAYOUTS = ("vllm", "nhd")
@@ -312,14 +312,8 @@ def test_decode_cuda_graph_replay(layout):
     sl.copy_(torch.tensor(first, dtype=torch.int32))
     scale = 1 / math.sqrt(128)
     out = torch.empty_like(q)
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        ops.paged_attention_decode(q, kc, vc, bt, sl, scale, layout, max_seq_len=max_len, out=out)  # warm-up
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        ops.paged_attention_decode(q, kc, vc, bt, sl, scale, layout, max_seq_len=max_len, out=out)
+    graph, _ = capture_graph(
+        lambda: ops.paged_attention_decode(q, kc, vc, bt, sl, scale, layout, max_seq_len=max_len, out=out))
     for lens in (first, [8192, 3, 777, 0], [17, 8000, 8191, 4096]):
         sl.copy_(torch.tensor(lens, dtype=torch.int32))
         bt.copy_(bt[torch.randperm(4, device="cuda")])

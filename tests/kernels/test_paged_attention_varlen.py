@@ -8,7 +8,7 @@ import torch
 
 import ferrum_ext
 from ferrum_ext import ops, reference
-from ferrum_ext.testing import assert_rel_close, make_problem, poison_, rel_error
+from ferrum_ext.testing import assert_rel_close, capture_graph, make_problem, poison_, rel_error
 
 LAYOUTS = ("vllm", "nhd")
 
@@ -26,6 +26,22 @@ def _run(args, layout, tiled, **kw):
     ops.paged_attention_varlen(q, kc, vc, cu, sl, bt, scale, layout, tiled, out=out, **kw)
     ref = reference.paged_attention_varlen(q, kc, vc, cu, sl, bt, scale, layout)
     return out, ref
+
+
+def _replay_cases(graph, args, out, scale, layout, cases, what):
+    """Replays a graph captured over args for each (q_lens, ctx) case: new cu_seqlens_q, seq_lens and
+    queries in place (same total M), poisoned out, checked against the reference."""
+    q, kc, vc, cu, sl, bt = args
+    for q_lens, ctx in cases:
+        assert sum(q_lens) == q.shape[0]
+        cu.copy_(torch.tensor([0] + torch.tensor(q_lens).cumsum(0).tolist(), dtype=torch.int32))
+        sl.copy_(torch.tensor(ctx, dtype=torch.int32))
+        q.copy_(torch.randn_like(q))
+        poison_(out)
+        graph.replay()
+        torch.cuda.synchronize()
+        ref = reference.paged_attention_varlen(q, kc, vc, cu, sl, bt, scale, layout)
+        assert_rel_close(out, ref, what=f"{what}q_lens {q_lens} ctx {ctx}")
 
 
 # ---- CPU ------------------------------------------------------------------------------
@@ -174,32 +190,15 @@ def test_varlen_decode_rows_agree_with_decode(layout):
 @pytest.mark.parametrize("tiled,max_q_len", ((False, None), (True, None), (True, 64)))
 def test_varlen_cuda_graph_replay(tiled, max_q_len):
     """Capture for fixed M, B and max_seq_len; replay with other q_len splits and contexts."""
-    m, b, max_len = 24, 4, 4096
+    b, max_len = 4, 4096
     q, kc, vc, cu, sl, bt = _varlen_problem([6] * b, [max_len] * b, 16, 4, 128, 16, torch.bfloat16, "nhd", "cuda",
                                             seed=8)
     scale = 1 / math.sqrt(128)
     out = torch.empty_like(q)
     run = lambda: ops.paged_attention_varlen(q, kc, vc, cu, sl, bt, scale, "nhd", tiled,  # noqa: E731
                                              max_seq_len=max_len, max_q_len=max_q_len, out=out)
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        run()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        run()
-    for q_lens, ctx in (([6] * 4, [6, 100, 4096, 3000]), ([1, 1, 21, 1], [1, 4096, 21, 9]),
-                        ([0, 24, 0, 0], [0, 4000, 5, 0])):
-        cu.copy_(torch.tensor([0] + torch.tensor(q_lens).cumsum(0).tolist(), dtype=torch.int32))
-        sl.copy_(torch.tensor(ctx, dtype=torch.int32))
-        q.copy_(torch.randn_like(q))
-        poison_(out)
-        graph.replay()
-        torch.cuda.synchronize()
-        assert sum(q_lens) == m
-        ref = reference.paged_attention_varlen(q, kc, vc, cu, sl, bt, scale, "nhd")
-        assert_rel_close(out, ref, what=f"q_lens {q_lens} ctx {ctx}")
+    cases = (([6] * 4, [6, 100, 4096, 3000]), ([1, 1, 21, 1], [1, 4096, 21, 9]), ([0, 24, 0, 0], [0, 4000, 5, 0]))
+    _replay_cases(capture_graph(run)[0], (q, kc, vc, cu, sl, bt), out, scale, "nhd", cases, "")
 
 
 @pytest.mark.gpu
@@ -339,26 +338,11 @@ def test_prefill_cuda_graph_replay(tiled, path):
     out = torch.empty_like(q)
     run = lambda: ops.paged_attention_varlen(q, kc, vc, cu, sl, bt, scale, "vllm", tiled,  # noqa: E731
                                              max_seq_len=max_len, max_q_len=m, out=out, _prefill_path=path)
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        run()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        run()
-    for q_lens, ctx in (([150] * 4, [150, 1000, 4096, 3000]), ([600, 0, 0, 0], [4000, 0, 3, 0]),
-                        ([1, 1, 1, 597], [4096, 9, 1, 597]), ([64, 63, 65, 408], [64, 4000, 65, 1000]),
-                        ([0, 0, 300, 300], [0, 0, 4096, 301])):
-        cu.copy_(torch.tensor([0] + torch.tensor(q_lens).cumsum(0).tolist(), dtype=torch.int32))
-        sl.copy_(torch.tensor(ctx, dtype=torch.int32))
-        q.copy_(torch.randn_like(q))
-        poison_(out)
-        graph.replay()
-        torch.cuda.synchronize()
-        assert sum(q_lens) == m
-        ref = reference.paged_attention_varlen(q, kc, vc, cu, sl, bt, scale, "vllm")
-        assert_rel_close(out, ref, what=f"{path} path tiled={tiled} q_lens {q_lens} ctx {ctx}")
+    cases = (([150] * 4, [150, 1000, 4096, 3000]), ([600, 0, 0, 0], [4000, 0, 3, 0]),
+             ([1, 1, 1, 597], [4096, 9, 1, 597]), ([64, 63, 65, 408], [64, 4000, 65, 1000]),
+             ([0, 0, 300, 300], [0, 0, 4096, 301]))
+    _replay_cases(capture_graph(run)[0], (q, kc, vc, cu, sl, bt), out, scale, "vllm", cases,
+                  f"{path} path tiled={tiled} ")
 
 
 @pytest.mark.gpu
