@@ -45,6 +45,7 @@ class BenchContext:
         self.iters, self.warmup = iters, warmup
         self._flush = torch.empty(flush_mib << 20, dtype=torch.uint8, device=self.device)
         self._ceilings: Ceilings | None = None
+        self._floors: dict[tuple[str, int], float] = {}
 
     # -- timing -----------------------------------------------------------------
 
@@ -93,6 +94,25 @@ class BenchContext:
             bf16_tflops=2 * m**3 / t_mm / 1e6,
         )
 
+    def floor_us(self, nbytes: float, kind: str = "read") -> float:
+        """Median time torch takes to read (or copy) the same number of bytes under the same
+        protocol: the size-matched floor. At tens of MB the flush buffer's dirty L2 lines, written
+        back while the kernel reads, are a large share of any kernel's time; this shows it."""
+        key = (kind, int(nbytes))
+        if key not in self._floors:
+            n = max(int(nbytes) // 4 // (2 if kind == "copy" else 1), 1)
+            src = torch.randn(n, device=self.device)
+            if kind == "copy":
+                dst = torch.empty_like(src)
+                t = self.time(lambda: dst.copy_(src), iters=20).median_us
+                del dst
+            else:
+                t = min(self.time(lambda: src.sum(), iters=20).median_us,
+                        self.time(lambda: src.amax(), iters=20).median_us)
+            del src
+            self._floors[key] = t
+        return self._floors[key]
+
     # -- rows -------------------------------------------------------------------
 
     def row(self, bench: str, case: str, dtype: torch.dtype | str, timing: Timing, *,
@@ -116,6 +136,9 @@ class BenchContext:
             "ceiling": ceiling, "pct_ceiling": round(100 * value / peak, 1),
             "baseline": baseline_name, "baseline_us": None, "speedup": None,
         }
+        if bytes_moved is not None:
+            row["floor_us"] = round(self.floor_us(bytes_moved, ceiling), 2)
+            row["pct_floor"] = round(100 * row["floor_us"] / timing.median_us, 1)
         if baseline is not None:
             row["baseline_us"] = round(baseline.median_us, 2)
             row["speedup"] = round(baseline.median_us / timing.median_us, 2)

@@ -18,7 +18,7 @@ import torch
 
 from benchmarks.harness import BenchContext, environment
 
-COLUMNS = ("bench", "case", "variant", "dtype", "us", "metric", "value", "pct_ceiling", "baseline_us", "speedup")
+COLUMNS = ("bench", "case", "variant", "dtype", "us", "metric", "value", "pct_ceiling", "floor_us", "baseline_us", "speedup")
 
 
 def discover() -> list[str]:
@@ -64,6 +64,7 @@ def main(argv=None) -> int:
         for r in module_rows:
             print(f"   {r['bench']:<22} {r['case']:<26} {r['variant']:<8} {r['dtype']:<9} {r['us']:>10.2f} us "
                   f"{r['value']:>9.1f} {r['metric']:<7} {r['pct_ceiling']:>5.1f}% of {r['ceiling']}"
+                  + (f"  (floor {r['floor_us']:.1f} us)" if r.get("floor_us") else "")
                   + (f"  x{r['speedup']:.2f} vs {r['baseline']}" if r["speedup"] else ""), flush=True)
         rows += module_rows
     table = format_table(rows)

@@ -13,7 +13,7 @@ import torch
 from benchmarks.bench_paged_decode import HEAD_DIM, HEADS, SHAPES, _paged_cache
 from benchmarks.harness import BenchContext
 
-SPLITS = [None, 1, 2, 4, 8, 16, 32, 64, 96, 128, 192, 256]
+SPLITS = [None, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256]
 
 
 def main():
