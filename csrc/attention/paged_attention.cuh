@@ -20,7 +20,7 @@
 // Napkin math (H100, h128, bf16): a token of one kv head is 512 bytes of K+V;
 // at 3 TB/s an SM receives ~13 B/clk, i.e. one 32 KiB stage per ~2400 clk,
 // against ~32 mma + ~40 ldmatrix per warp per stage: memory-bound with a wide
-// margin, so the design goal is bytes in flight (3 stages of 32 KiB per CTA,
+// margin, so the design goal is bytes in flight (2 stages of 32 KiB per CTA,
 // 2 CTAs per SM) and enough CTAs (split-K) to cover all SMs.
 //
 // Loads: on sm_90 the "vllm" layout's cache blocks are contiguous per head
@@ -313,18 +313,11 @@ __global__ void __launch_bounds__(kThreads) paged_attention_kernel(const AttnPar
   }
 
   for (int s = 0; s < n_stages; ++s) {
-    const int next = s + Cfg::kStages - 1;  // the stage that refills stage s - 1's buffer
-    if (bulk) {
-      // Refill before waiting: stage s - 1's buffer is free once every warp is past it, so
-      // kStages stages stay in flight during the wait, not kStages - 1 (the CTA is latency-
-      // bound: bytes in flight set its rate). The mbarrier wait makes stage s visible.
-      __syncthreads();
-      if (next < n_stages) issue_stage(next, bids);
-      bids = load_block_ids(next + 1);
-      mbar_wait(bar0 + (s % Cfg::kStages) * 8, (s / Cfg::kStages) & 1);
-    } else {
-      cp_async_wait<Cfg::kStages - 2>();
-      __syncthreads();  // stage s visible to all; everyone is done with stage s - 1's buffer
+    cp_async_wait<Cfg::kStages - 2>();
+    if (bulk) mbar_wait(bar0 + (s % Cfg::kStages) * 8, (s / Cfg::kStages) & 1);
+    __syncthreads();  // stage s visible to all; everyone is done with stage s - 1's buffer
+    {
+      const int next = s + Cfg::kStages - 1;
       if (next < n_stages) issue_stage(next, bids);
       cp_async_commit();
       bids = load_block_ids(next + 1);
