@@ -26,6 +26,7 @@
 #include "attention/tile_list.cuh"
 #include "common/checks.h"
 #include "common/device_info.h"
+#include "common/tensor_map.h"
 #include "ops.h"
 
 namespace {
@@ -36,6 +37,19 @@ int log2_exact(int v) {
   int l = 0;
   while ((1 << l) < v) ++l;
   return l;
+}
+
+// TMA maps of the "nhd" caches viewed as [tokens][kv heads][D], boxes of one head's block
+// split into 64-dim halves (paged_attention.cuh); false where the kernel must keep cp.async.
+bool nhd_tensor_maps(AttnParams& p, const at::Tensor& key_cache, const at::Tensor& value_cache, int D, int kvh,
+                     int bs) {
+  const int64_t tokens = key_cache.size(0) * bs;
+  if (D % 64 != 0 || tokens >= (int64_t{1} << 31) || ferrum::cc_major(key_cache.get_device()) < 9) return false;
+  const uint64_t dims[3] = {uint64_t(D), uint64_t(kvh), uint64_t(tokens)};
+  const uint64_t strides[2] = {uint64_t(D) * 2, uint64_t(kvh) * D * 2};
+  const uint32_t box[3] = {64, 1, uint32_t(bs)};
+  return ferrum::encode_tensor_map_3d_u16_sw128(&p.k_map, key_cache.data_ptr(), dims, strides, box) &&
+         ferrum::encode_tensor_map_3d_u16_sw128(&p.v_map, value_cache.data_ptr(), dims, strides, box);
 }
 
 // Fills the cache geometry fields of `p` after checking the caches against `query` [*, H, D].
@@ -109,6 +123,7 @@ void check_and_fill_cache(AttnParams& p, const at::Tensor& query, const at::Tens
   p.log2_block_size = log2_exact(bs);
   p.max_blocks = static_cast<int>(block_tables.size(1));
   p.vllm_layout = vllm;
+  p.nhd_tma = !vllm && nhd_tensor_maps(p, key_cache, value_cache, D, kvh, bs);
 }
 
 void check_out(const at::Tensor& out, const at::Tensor& query) {

@@ -23,19 +23,23 @@
 // margin, so the design goal is bytes in flight (2 stages of 32 KiB per CTA,
 // 2 CTAs per SM) and enough CTAs (split-K) to cover all SMs.
 //
-// Loads: on sm_90 the "vllm" layout's cache blocks are contiguous per head
-// (K [D/8][bs][8], V [D][bs]: D * bs * 2 bytes each), so one lane of warp 0
-// copies a whole block of K and of V per stage with a bulk copy (TMA engine,
-// common/bulk_copy.cuh) completing on the stage's mbarrier; the shared tiles keep the
-// cache's own layout. Otherwise ("nhd", MT 4, or before sm_90) every thread
-// issues 16-byte cp.async pieces into the tiles below (zero-filled past the
-// end of the range).
+// Loads: on sm_90 (MT <= 2) one lane of warp 0 copies a whole cache block
+// of K and of V per stage with the TMA engine (common/bulk_copy.cuh),
+// completing on the stage's mbarrier. "vllm" blocks are contiguous per head
+// (K [D/8][bs][8], V [D][bs]: D * bs * 2 bytes each): plain bulk copies, the
+// shared tiles keep the cache's layout. "nhd" blocks of a head are bs rows of
+// D strided by num_kv_heads * D: tensor-map boxes of [bs][64] (128-byte rows,
+// 128-byte swizzle, AttnParams::k_map / v_map, head_dim a multiple of 64).
+// Otherwise (MT 4, head_dim 96 "nhd", before sm_90) every thread issues 16-byte
+// cp.async pieces into the tiles below (zero-filled past the end of the range).
 //
 // Shared-memory tiles (16-byte units; ldmatrix rows conflict-free except the
 // bulk "vllm" V, whose 8-row reads are bs * 2 bytes apart: 2-way at bs 16):
 //   K     cp.async: [D/8][64 tokens]          unit = 8 dims of one token
 //         bulk:     [64/bs blocks][D/8][bs]   unit = 8 dims of one token
+//         tensor:   [D/64][64 tokens][8]      unit (t, c) at chunk (c % 8) ^ (t % 8) of its row
 //   V     "nhd":    [D/8][64 tokens]          unit = 8 dims of one token (ldmatrix.trans)
+//         tensor:   as K, tensor              (ldmatrix.trans)
 //         "vllm":   [8 groups][D]             unit = 8 tokens of one dim
 //         bulk:     [64/bs blocks][D][bs]     8 tokens of one dim per ldmatrix row
 //   Q     [D/8][ROWS]
@@ -65,6 +69,9 @@ enum TileMode : int {
 };
 
 struct AttnParams {
+  // TMA maps of the "nhd" caches as [tokens][kv heads][D] (valid when nhd_tma; the
+  // kernel takes AttnParams as a __grid_constant__ parameter, so they stay in param space).
+  CUtensorMap k_map, v_map;
   const void* q;
   void* out;
   float* part_out;  // [rows_total, H, num_splits, D] when num_splits > 1
@@ -84,6 +91,7 @@ struct AttnParams {
   int tokens_per_split, num_splits;
   int mode;
   bool vllm_layout;
+  bool nhd_tma;
   float scale_log2;  // softmax scale * log2(e)
 };
 
@@ -134,7 +142,7 @@ __device__ __forceinline__ int visible_end(const AttnParams& p, int seq_len, int
 // T: __half / __nv_bfloat16; D: head_dim; MT: m16 tiles of query rows
 // (query tokens per CTA * group <= 16 * MT; the tokens per CTA come from the tile).
 template <typename T, int D, int MT>
-__global__ void __launch_bounds__(kThreads) paged_attention_kernel(const AttnParams p) {
+__global__ void __launch_bounds__(kThreads) paged_attention_kernel(const __grid_constant__ AttnParams p) {
   using Cfg = StageCfg<D>;
   constexpr int ROWS = MT * 16;
   constexpr int WN = kWarps / MT;           // warps splitting the tokens of a stage
@@ -145,7 +153,7 @@ __global__ void __launch_bounds__(kThreads) paged_attention_kernel(const AttnPar
   constexpr int CH = D / 8;                 // 16-byte chunks per row
   static_assert(kWarps % MT == 0, "MT must divide the warp count");
 
-  extern __shared__ __align__(128) uint8_t smem_raw[];
+  extern __shared__ __align__(1024) uint8_t smem_raw[];  // 1024: the swizzle repeats every 8 rows of 128 B
   T* sK = reinterpret_cast<T*>(smem_raw);
   T* sV = sK + Cfg::kStages * Cfg::kStageElems;
   T* sQ = sV + Cfg::kStages * Cfg::kStageElems;
@@ -205,7 +213,8 @@ __global__ void __launch_bounds__(kThreads) paged_attention_kernel(const AttnPar
   const uint32_t sK0 = smem_addr(sK), sV0 = smem_addr(sV), sQ0 = smem_addr(sQ);
   // MT 4 keeps cp.async: its warps read every token of a stage, and the bulk V
   // tile's 2-way ldmatrix conflicts would make shared memory the bottleneck.
-  const bool bulk = kBulkArch && MT <= 2 && p.vllm_layout;
+  const bool bulk = kBulkArch && MT <= 2 && (p.vllm_layout || (D % 64 == 0 && p.nhd_tma));
+  const bool tensor = bulk && !p.vllm_layout;  // "nhd" through the tensor maps
   if (bulk) {
     if (tid == 0) {
       for (int b = 0; b < Cfg::kStages; ++b) mbar_init(bar0 + b * 8, 1);
@@ -233,7 +242,15 @@ __global__ void __launch_bounds__(kThreads) paged_attention_kernel(const AttnPar
       mbar_arrive_expect_tx(bar, 2 * n * bytes);
     }
     __syncwarp();
-    if (mine) {
+    if (mine && tensor) {
+      const int tok = bids << lbs;  // first token of the block (the host checked tokens < 2^31)
+#pragma unroll
+      for (int h = 0; h < D / 64; ++h) {
+        const uint32_t off = buf * Cfg::kStageElems * 2 + (h * kStageTokens + (lane << lbs)) * 128;
+        tma_load_3d(sK0 + off, &p.k_map, h * 64, kvh, tok, bar);
+        tma_load_3d(sV0 + off, &p.v_map, h * 64, kvh, tok, bar);
+      }
+    } else if (mine) {
       const int64_t bid = bids;
       bulk_copy_g2s(sK0 + buf * Cfg::kStageElems * 2 + lane * bytes, kc + bid * p.k_block_stride + head_off, bytes, bar);
       bulk_copy_g2s(sV0 + buf * Cfg::kStageElems * 2 + lane * bytes, vc + bid * p.v_block_stride + head_off, bytes, bar);
@@ -304,6 +321,12 @@ __global__ void __launch_bounds__(kThreads) paged_attention_kernel(const AttnPar
   // stage; larger heads and m-tiles would spill, and reload them each stage.
   constexpr bool kQInRegs = D <= 128 && MT == 1;
   const int mi = lane >> 3, li = lane & 7;
+  // 16-byte unit of (token t of the stage, 8-dim chunk c) in a K tile, or an "nhd" V tile.
+  auto kv_unit = [&](int t, int c) -> int {
+    if (tensor) return ((c >> 3) * kStageTokens + t) * 8 + ((c & 7) ^ (t & 7));
+    if (bulk) return (((t >> lbs) * CH + c) << lbs) + (t & (bs - 1));
+    return c * kStageTokens + t;
+  };
   auto q_addr = [&](int kk) { return sQ0 + ((2 * kk + (mi >> 1)) * ROWS + mt * 16 + (mi & 1) * 8 + li) * 16; };
   uint32_t qa[kQInRegs ? KS : 1][4];
   if constexpr (kQInRegs) {
@@ -330,8 +353,10 @@ __global__ void __launch_bounds__(kThreads) paged_attention_kernel(const AttnPar
     // cp.async "vllm" unit holds 8 tokens, so only the tail of the partial one.
     if (bulk && valid < kStageTokens) {
       T* v = sV + buf * Cfg::kStageElems;
-      for (int i = tid; i < Cfg::kStageElems; i += kThreads)
-        if (((i / (D * bs)) << lbs) + (i & (bs - 1)) >= valid) v[i] = from_float<T>(0.f);
+      for (int i = tid; i < Cfg::kStageElems; i += kThreads) {
+        const int t = tensor ? (i >> 6) & (kStageTokens - 1) : ((i / (D * bs)) << lbs) + (i & (bs - 1));
+        if (t >= valid) v[i] = from_float<T>(0.f);
+      }
       __syncthreads();
     } else if (!bulk && p.vllm_layout && valid < kStageTokens && (valid & 7)) {
       T* v = sV + buf * Cfg::kStageElems + (valid >> 3) * D * 8;
@@ -361,7 +386,7 @@ __global__ void __launch_bounds__(kThreads) paged_attention_kernel(const AttnPar
         uint32_t b[4];
         const int t = wn * TW + j * 16 + (mi >> 1) * 8 + li;
         const int c = 2 * kk + (mi & 1);
-        ldsm_x4(b, kbase + (bulk ? (((t >> lbs) * CH + c) << lbs) + (t & (bs - 1)) : c * kStageTokens + t) * 16);
+        ldsm_x4(b, kbase + kv_unit(t, c) * 16);
         mma_16816<T>(sc[2 * j], a, b[0], b[1]);
         mma_16816<T>(sc[2 * j + 1], a, b[2], b[3]);
       }
@@ -418,7 +443,7 @@ __global__ void __launch_bounds__(kThreads) paged_attention_kernel(const AttnPar
 #pragma unroll
       for (int dp = 0; dp < DN / 2; ++dp) {
         uint32_t b[4];
-        if (bulk) {
+        if (bulk && !tensor) {
           const int d = dp * 16 + (mi >> 1) * 8 + li, t = t0 + (mi & 1) * 8;
           ldsm_x4(b, vbase + ((((t >> lbs) * D + d) << lbs) + (t & (bs - 1))) * 2);
         } else if (p.vllm_layout) {
@@ -426,7 +451,7 @@ __global__ void __launch_bounds__(kThreads) paged_attention_kernel(const AttnPar
           ldsm_x4(b, vbase + (g * D + d) * 16);
         } else {
           const int t = t0 + (mi & 1) * 8 + li, c = 2 * dp + (mi >> 1);
-          ldsm_x4_trans(b, vbase + (c * kStageTokens + t) * 16);
+          ldsm_x4_trans(b, vbase + kv_unit(t, c) * 16);
         }
         mma_16816<T>(o[2 * dp], pa, b[0], b[1]);
         mma_16816<T>(o[2 * dp + 1], pa, b[2], b[3]);

@@ -2,9 +2,12 @@
 // shared memory, completing on an mbarrier that counts the bytes. One thread
 // issues a whole contiguous piece (a cache block of one head: 4 KiB at head_dim
 // 128, block 16), so a stage costs a few instructions instead of one cp.async
-// per 16 bytes per thread. Used by paged attention (cache blocks) and the MoE
-// GEMV tier (weight rows). Empty below sm_90: callers keep another path there.
+// per 16 bytes per thread. Used by paged attention (cache blocks). The tensor
+// form copies a box of a TMA tensor map (common/tensor_map.h) instead: strided
+// rows, swizzled in shared memory. Empty below sm_90: callers keep another path there.
 #pragma once
+
+#include <cuda.h>
 
 #include <cstdint>
 
@@ -60,6 +63,20 @@ __device__ __forceinline__ void bulk_copy_g2s(uint32_t dst, const void* src, uin
   asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(dst),
                "l"(src), "r"(bytes), "r"(bar)
                : "memory");
+#endif
+}
+
+// The box of a 3-D tensor map at element coordinates (c0, c1, c2) -> shared `dst`;
+// completion is counted on `bar`. `map` must live in parameter, constant or global
+// memory (a __grid_constant__ kernel parameter).
+__device__ __forceinline__ void tma_load_3d(uint32_t dst, const CUtensorMap* map, int c0, int c1, int c2,
+                                            uint32_t bar) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], "
+      "[%5];\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(bar)
+      : "memory");
 #endif
 }
 
