@@ -140,8 +140,9 @@ __device__ __forceinline__ int visible_end(const AttnParams& p, int seq_len, int
 // ---- the attention kernel --------------------------------------------------
 
 // T: __half / __nv_bfloat16; D: head_dim; MT: m16 tiles of query rows
-// (query tokens per CTA * group <= 16 * MT; the tokens per CTA come from the tile).
-template <typename T, int D, int MT>
+// (query tokens per CTA * group <= 16 * MT; the tokens per CTA come from the tile);
+// kVllm: the cache layout (p.vllm_layout), compiled per layout to keep registers down.
+template <typename T, int D, int MT, bool kVllm>
 __global__ void __launch_bounds__(kThreads) paged_attention_kernel(const __grid_constant__ AttnParams p) {
   using Cfg = StageCfg<D>;
   constexpr int ROWS = MT * 16;
@@ -208,13 +209,13 @@ __global__ void __launch_bounds__(kThreads) paged_attention_kernel(const __grid_
   const int* bt = p.block_tables + static_cast<int64_t>(seq) * p.bt_stride;
   const T* kc = static_cast<const T*>(p.k_cache);
   const T* vc = static_cast<const T*>(p.v_cache);
-  const int64_t head_off = p.vllm_layout ? static_cast<int64_t>(kvh) * D * bs : static_cast<int64_t>(kvh) * D;
+  const int64_t head_off = kVllm ? static_cast<int64_t>(kvh) * D * bs : static_cast<int64_t>(kvh) * D;
   const int64_t tok_stride = static_cast<int64_t>(p.num_kv_heads) * D;  // "nhd": elements between tokens
   const uint32_t sK0 = smem_addr(sK), sV0 = smem_addr(sV), sQ0 = smem_addr(sQ);
   // MT 4 keeps cp.async: its warps read every token of a stage, and the bulk V
   // tile's 2-way ldmatrix conflicts would make shared memory the bottleneck.
-  const bool bulk = kBulkArch && MT <= 2 && (p.vllm_layout || (D % 64 == 0 && p.nhd_tma));
-  const bool tensor = bulk && !p.vllm_layout;  // "nhd" through the tensor maps
+  const bool bulk = kBulkArch && MT <= 2 && (kVllm || (D % 64 == 0 && p.nhd_tma));
+  const bool tensor = bulk && !kVllm;  // "nhd" through the tensor maps
   if (bulk) {
     if (tid == 0) {
       for (int b = 0; b < Cfg::kStages; ++b) mbar_init(bar0 + b * 8, 1);
@@ -268,7 +269,7 @@ __global__ void __launch_bounds__(kThreads) paged_attention_kernel(const __grid_
 #pragma unroll
     for (int i = 0; i < Cfg::kUnitsPerThread; ++i) {
       const int u = tid + i * kThreads;
-      if (p.vllm_layout) {
+      if (kVllm) {
         {  // K [nb, kvh, D/8, bs, 8]: unit u = (chunk u / 64, token u % 64), smem unit u
           const int t = u % kStageTokens, c = u / kStageTokens;
           const int64_t bid = __shfl_sync(0xffffffffu, bids, t >> lbs);
@@ -358,7 +359,7 @@ __global__ void __launch_bounds__(kThreads) paged_attention_kernel(const __grid_
         if (t >= valid) v[i] = from_float<T>(0.f);
       }
       __syncthreads();
-    } else if (!bulk && p.vllm_layout && valid < kStageTokens && (valid & 7)) {
+    } else if (!bulk && kVllm && valid < kStageTokens && (valid & 7)) {
       T* v = sV + buf * Cfg::kStageElems + (valid >> 3) * D * 8;
       for (int i = tid; i < D * 8; i += kThreads)
         if ((i & 7) >= (valid & 7)) v[i] = from_float<T>(0.f);
@@ -446,7 +447,7 @@ __global__ void __launch_bounds__(kThreads) paged_attention_kernel(const __grid_
         if (bulk && !tensor) {
           const int d = dp * 16 + (mi >> 1) * 8 + li, t = t0 + (mi & 1) * 8;
           ldsm_x4(b, vbase + ((((t >> lbs) * D + d) << lbs) + (t & (bs - 1))) * 2);
-        } else if (p.vllm_layout) {
+        } else if (kVllm) {
           const int d = dp * 16 + (mi >> 1) * 8 + li, g = (t0 >> 3) + (mi & 1);
           ldsm_x4(b, vbase + (g * D + d) * 16);
         } else {

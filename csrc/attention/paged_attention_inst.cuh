@@ -16,15 +16,15 @@ namespace detail {
 constexpr int kMaxDevices = 64;
 }
 
-template <typename T, int D, int MT>
-int attention_ctas_per_sm(int device) {
+template <typename T, int D, int MT, bool kVllm>
+int ctas_per_sm(int device) {
   static std::atomic<int> cache[detail::kMaxDevices] = {};
   if (device >= 0 && device < detail::kMaxDevices) {
     const int v = cache[device].load(std::memory_order_relaxed);
     if (v > 0) return v;
   }
   constexpr int smem = attn_smem_bytes<D, MT>();
-  auto* kernel = paged_attention_kernel<T, D, MT>;
+  auto* kernel = paged_attention_kernel<T, D, MT, kVllm>;
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   int n = 0;
   C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kThreads, smem));
@@ -34,10 +34,19 @@ int attention_ctas_per_sm(int device) {
 }
 
 template <typename T, int D, int MT>
+int attention_ctas_per_sm(int device, bool vllm_layout) {
+  return vllm_layout ? ctas_per_sm<T, D, MT, true>(device) : ctas_per_sm<T, D, MT, false>(device);
+}
+
+template <typename T, int D, int MT>
 void launch_attention(const AttnParams& p, int num_tiles, cudaStream_t stream) {
   constexpr int smem = attn_smem_bytes<D, MT>();
   const dim3 grid(num_tiles, p.num_splits, p.num_kv_heads);
-  launch_pdl(paged_attention_kernel<T, D, MT>, grid, dim3(kThreads), smem, stream, p);
+  if (p.vllm_layout) {
+    launch_pdl(paged_attention_kernel<T, D, MT, true>, grid, dim3(kThreads), smem, stream, p);
+  } else {
+    launch_pdl(paged_attention_kernel<T, D, MT, false>, grid, dim3(kThreads), smem, stream, p);
+  }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -52,7 +61,7 @@ void launch_merge(const AttnParams& p, int num_rows, cudaStream_t stream) {
 
 #define FERRUM_ATTN_INSTANTIATE_MT(T, D, MT)                                                                 \
   template void ferrum::attn::launch_attention<T, D, MT>(const ferrum::attn::AttnParams&, int, cudaStream_t); \
-  template int ferrum::attn::attention_ctas_per_sm<T, D, MT>(int);
+  template int ferrum::attn::attention_ctas_per_sm<T, D, MT>(int, bool);
 
 #define FERRUM_ATTN_INSTANTIATE_D(T, D) \
   FERRUM_ATTN_INSTANTIATE_MT(T, D, 1)    \

@@ -9,14 +9,14 @@ namespace ferrum::attn {
 
 struct AttnParams;
 
-// Launches paged_attention_kernel<T, D, MT> on grid (tiles, splits, kv_heads).
+// Launches paged_attention_kernel<T, D, MT, p.vllm_layout> on grid (tiles, splits, kv_heads).
 template <typename T, int D, int MT>
 void launch_attention(const AttnParams& p, int num_tiles, cudaStream_t stream);
 
-// CTAs of that kernel resident per SM (cached per device; also raises the
-// dynamic shared-memory limit on first use).
+// CTAs of that kernel (for the given cache layout) resident per SM (cached per
+// device; also raises the dynamic shared-memory limit on first use).
 template <typename T, int D, int MT>
-int attention_ctas_per_sm(int device);
+int attention_ctas_per_sm(int device, bool vllm_layout);
 
 // Launches merge_splits_kernel<T, D> on grid (rows, heads).
 template <typename T, int D>
