@@ -45,8 +45,9 @@ def target_rows(rows):
         out.append(("silu_and_mul bf16", r, ">= 80% of copy", r["pct_ceiling"] >= 80))
     for case, gbps in (("B=1 L=32768 32q/4kv", 2200), ("B=8 L=8192 32q/4kv", 2500), ("B=64 L=4096 32q/4kv", 2800),
                        ("B=64 L=4096 32q/8kv", 2900), ("B=256 L=2048 32q/8kv", 2950)):
-        r = find(rows, "paged_attention_decode", case, variant="vllm")
-        out.append(("paged decode bf16 (vllm)", r, f">= {gbps / 1000:.2f} TB/s", r["value"] >= gbps))
+        for layout in ("vllm", "nhd"):
+            r = find(rows, "paged_attention_decode", case, variant=layout)
+            out.append((f"paged decode bf16 ({layout})", r, f">= {gbps / 1000:.2f} TB/s", r["value"] >= gbps))
     q4 = find(rows, "paged_varlen", "verify B=64 L=4096 32q/4kv", variant="tiled q4")
     q1 = find(rows, "paged_varlen", "verify B=64 L=4096 32q/4kv", variant="decode q1")
     out.append(("varlen tiled q4 bf16", q4, ">= 2.8 TB/s and <= 1.1x decode",
