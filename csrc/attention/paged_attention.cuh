@@ -167,19 +167,23 @@ __global__ void __launch_bounds__(kThreads) paged_attention_kernel(const __grid_
 
   // ---- which query rows, which keys ----
   int seq, q_row0, n_q, qpos0;
+  bool sole_reader;  // no other CTA reads this (sequence, kv head)'s keys: they may bypass L2's keep
   if (p.mode == kTileDecode) {
     seq = tile; q_row0 = tile; n_q = 1;
     qpos0 = __ldg(p.seq_lens + seq) - 1;
+    sole_reader = true;
   } else if (p.mode == kTileRow) {
     seq = find_seq(p.cu_seqlens_q, p.num_seqs, tile);
     const int c0 = __ldg(p.cu_seqlens_q + seq), c1 = __ldg(p.cu_seqlens_q + seq + 1);
     q_row0 = tile; n_q = 1;
     qpos0 = __ldg(p.seq_lens + seq) - (c1 - c0) + (tile - c0);
+    sole_reader = c1 - c0 == 1;
   } else {
     const int4 e = p.tiles[tile];
     seq = e.x; q_row0 = e.y; n_q = e.z;
     if (n_q <= 0) return;  // padding entry of the tile list
     qpos0 = __ldg(p.seq_lens + seq) - e.w;
+    sole_reader = n_q == e.w && q_row0 == __ldg(p.cu_seqlens_q + seq);  // the tile holds all its sequence's rows
   }
   const int seq_len = __ldg(p.seq_lens + seq);
   const int kv_end = visible_end(p, seq_len, qpos0 + n_q - 1);
@@ -216,6 +220,9 @@ __global__ void __launch_bounds__(kThreads) paged_attention_kernel(const __grid_
   // tile's 2-way ldmatrix conflicts would make shared memory the bottleneck.
   const bool bulk = kBulkArch && MT <= 2 && (kVllm || (D % 64 == 0 && p.nhd_tma));
   const bool tensor = bulk && !kVllm;  // "nhd" through the tensor maps
+  // Keys read by this CTA alone are streamed evict-first (common/bulk_copy.cuh); keys that other
+  // tiles of the sequence read too keep the normal policy, so they find them in L2.
+  const uint64_t policy = l2_policy(sole_reader);
   if (bulk) {
     if (tid == 0) {
       for (int b = 0; b < Cfg::kStages; ++b) mbar_init(bar0 + b * 8, 1);
@@ -248,13 +255,15 @@ __global__ void __launch_bounds__(kThreads) paged_attention_kernel(const __grid_
 #pragma unroll
       for (int h = 0; h < D / 64; ++h) {
         const uint32_t off = buf * Cfg::kStageElems * 2 + (h * kStageTokens + (lane << lbs)) * 128;
-        tma_load_3d(sK0 + off, &p.k_map, h * 64, kvh, tok, bar);
-        tma_load_3d(sV0 + off, &p.v_map, h * 64, kvh, tok, bar);
+        tma_load_3d(sK0 + off, &p.k_map, h * 64, kvh, tok, bar, policy);
+        tma_load_3d(sV0 + off, &p.v_map, h * 64, kvh, tok, bar, policy);
       }
     } else if (mine) {
       const int64_t bid = bids;
-      bulk_copy_g2s(sK0 + buf * Cfg::kStageElems * 2 + lane * bytes, kc + bid * p.k_block_stride + head_off, bytes, bar);
-      bulk_copy_g2s(sV0 + buf * Cfg::kStageElems * 2 + lane * bytes, vc + bid * p.v_block_stride + head_off, bytes, bar);
+      bulk_copy_g2s(sK0 + buf * Cfg::kStageElems * 2 + lane * bytes, kc + bid * p.k_block_stride + head_off, bytes, bar,
+                    policy);
+      bulk_copy_g2s(sV0 + buf * Cfg::kStageElems * 2 + lane * bytes, vc + bid * p.v_block_stride + head_off, bytes, bar,
+                    policy);
     }
   };
 
