@@ -222,7 +222,7 @@ __global__ void __launch_bounds__(kThreads) paged_attention_kernel(const __grid_
   const bool tensor = bulk && !kVllm;  // "nhd" through the tensor maps
   // Keys read by this CTA alone are streamed evict-first (common/bulk_copy.cuh); keys that other
   // tiles of the sequence read too keep the normal policy, so they find them in L2.
-  const uint64_t policy = l2_policy(sole_reader);
+  const uint64_t evict_first = l2_evict_first_policy();
   if (bulk) {
     if (tid == 0) {
       for (int b = 0; b < Cfg::kStages; ++b) mbar_init(bar0 + b * 8, 1);
@@ -255,15 +255,27 @@ __global__ void __launch_bounds__(kThreads) paged_attention_kernel(const __grid_
 #pragma unroll
       for (int h = 0; h < D / 64; ++h) {
         const uint32_t off = buf * Cfg::kStageElems * 2 + (h * kStageTokens + (lane << lbs)) * 128;
-        tma_load_3d(sK0 + off, &p.k_map, h * 64, kvh, tok, bar, policy);
-        tma_load_3d(sV0 + off, &p.v_map, h * 64, kvh, tok, bar, policy);
+        if (sole_reader) {
+          tma_load_3d(sK0 + off, &p.k_map, h * 64, kvh, tok, bar, evict_first);
+          tma_load_3d(sV0 + off, &p.v_map, h * 64, kvh, tok, bar, evict_first);
+        } else {
+          tma_load_3d(sK0 + off, &p.k_map, h * 64, kvh, tok, bar);
+          tma_load_3d(sV0 + off, &p.v_map, h * 64, kvh, tok, bar);
+        }
       }
     } else if (mine) {
       const int64_t bid = bids;
-      bulk_copy_g2s(sK0 + buf * Cfg::kStageElems * 2 + lane * bytes, kc + bid * p.k_block_stride + head_off, bytes, bar,
-                    policy);
-      bulk_copy_g2s(sV0 + buf * Cfg::kStageElems * 2 + lane * bytes, vc + bid * p.v_block_stride + head_off, bytes, bar,
-                    policy);
+      const uint32_t dK = sK0 + buf * Cfg::kStageElems * 2 + lane * bytes;
+      const uint32_t dV = sV0 + buf * Cfg::kStageElems * 2 + lane * bytes;
+      const T* srcK = kc + bid * p.k_block_stride + head_off;
+      const T* srcV = vc + bid * p.v_block_stride + head_off;
+      if (sole_reader) {
+        bulk_copy_g2s(dK, srcK, bytes, bar, evict_first);
+        bulk_copy_g2s(dV, srcV, bytes, bar, evict_first);
+      } else {
+        bulk_copy_g2s(dK, srcK, bytes, bar);
+        bulk_copy_g2s(dV, srcV, bytes, bar);
+      }
     }
   };
 

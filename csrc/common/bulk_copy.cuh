@@ -59,7 +59,15 @@ __device__ __forceinline__ void fence_proxy_async_smem() {
 }
 
 // bytes (a multiple of 16, both addresses 16-byte aligned) global -> shared;
-// completion is counted on `bar`; `policy` from l2_policy (common/cache_policy.cuh).
+// completion is counted on `bar`. With a policy (l2_evict_first_policy,
+// common/cache_policy.cuh) the copy carries it as an L2 cache hint.
+__device__ __forceinline__ void bulk_copy_g2s(uint32_t dst, const void* src, uint32_t bytes, uint32_t bar) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(dst),
+               "l"(src), "r"(bytes), "r"(bar)
+               : "memory");
+#endif
+}
 __device__ __forceinline__ void bulk_copy_g2s(uint32_t dst, const void* src, uint32_t bytes, uint32_t bar,
                                               uint64_t policy) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -72,8 +80,18 @@ __device__ __forceinline__ void bulk_copy_g2s(uint32_t dst, const void* src, uin
 }
 
 // The box of a 3-D tensor map at element coordinates (c0, c1, c2) -> shared `dst`;
-// completion is counted on `bar`; `policy` from l2_policy (common/cache_policy.cuh). `map` must live in parameter, constant or global
+// completion is counted on `bar`. `map` must live in parameter, constant or global
 // memory (a __grid_constant__ kernel parameter).
+__device__ __forceinline__ void tma_load_3d(uint32_t dst, const CUtensorMap* map, int c0, int c1, int c2,
+                                            uint32_t bar) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], "
+      "[%5];\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(bar)
+      : "memory");
+#endif
+}
 __device__ __forceinline__ void tma_load_3d(uint32_t dst, const CUtensorMap* map, int c0, int c1, int c2,
                                             uint32_t bar, uint64_t policy) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900

@@ -8,14 +8,13 @@
 
 namespace ferrum {
 
-__device__ __forceinline__ uint64_t l2_policy(bool evict_first) {
+// Only the evict-first policy is made: loads that want the default priority take the
+// instruction without a cache hint (a cp.async with an evict_normal policy trapped as an
+// illegal instruction on the H100).
+__device__ __forceinline__ uint64_t l2_evict_first_policy() {
   uint64_t policy = 0;
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  if (evict_first) {
-    asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
-  } else {
-    asm volatile("createpolicy.fractional.L2::evict_normal.b64 %0, 1.0;\n" : "=l"(policy));
-  }
+  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
 #endif
   return policy;
 }
