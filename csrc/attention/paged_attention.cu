@@ -182,6 +182,8 @@ void run(AttnParams& p, const at::Tensor& query, int num_tiles, int64_t plan_til
   const int device = query.get_device();
   const int per_sm = ferrum::attn::attention_ctas_per_sm<T, D, MT>(device, p.vllm_layout);
   plan_splits(p, plan_tiles * p.num_kv_heads, max_seq_len, ferrum::sm_count(device) * per_sm, forced_splits);
+  const int64_t kv_bytes = std::min<int64_t>(p.num_seqs, plan_tiles) * p.num_kv_heads * max_seq_len * D * 2 * 2;
+  p.evict_first_kv = kv_bytes <= ferrum::attn::kEvictFirstMaxBytes;
   at::Tensor part_out, part_lse;
   if (p.num_splits > 1) {
     const auto f32 = query.options().dtype(at::kFloat);

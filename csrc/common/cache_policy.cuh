@@ -1,7 +1,8 @@
 // L2 cache policies (createpolicy, sm_80+) for loads that take a cache hint. Data read once
-// (a decode step's KV cache, an expert's weights at small batch) is best loaded evict-first:
-// it then replaces itself in L2 instead of evicting lines that other CTAs or later kernels
-// still need, or dirty lines whose write-back would compete with the reads.
+// (a decode step's KV cache) may be loaded evict-first: it then replaces itself in L2 instead
+// of evicting lines that other CTAs or later kernels still need, or dirty lines whose
+// write-back would compete with the reads. Measured, not assumed: it paid for small decodes
+// and cost large ones and the MoE weight streams (paged_attention.cuh, docs/attention.md).
 #pragma once
 
 #include <cstdint>
@@ -9,8 +10,8 @@
 namespace ferrum {
 
 // Only the evict-first policy is made: loads that want the default priority take the
-// instruction without a cache hint (a cp.async with an evict_normal policy trapped as an
-// illegal instruction on the H100).
+// instruction without a cache hint. (In a trial, cp.async in the MoE mma tier carrying an
+// evict_normal policy raised an illegal-instruction error on the H100; not pursued.)
 __device__ __forceinline__ uint64_t l2_evict_first_policy() {
   uint64_t policy = 0;
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800

@@ -44,17 +44,11 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32, MIN_BLOCKS) moe_mma_ke
     pdl_launch_dependents();
   }
   const int tile = blockIdx.y;
-  const int num_padded = __ldg(args.num_padded);
-  const int expert = tile * BM < num_padded ? __ldg(args.block_expert + tile) : -1;
+  const int expert = tile * BM < __ldg(args.num_padded) ? __ldg(args.block_expert + tile) : -1;
   if (expert < 0) {
     if constexpr (!GATE_UP) pdl_wait();  // every thread waits before it exits
     return;
   }
-  // The expert's only tile: no other CTA reads these weight columns, so they stream evict-first
-  // (common/cache_policy.cuh); experts with several tiles keep them in L2 for the others.
-  const bool sole_tile = (tile == 0 || __ldg(args.block_expert + tile - 1) != expert) &&
-                         ((tile + 1) * BM >= num_padded || __ldg(args.block_expert + tile + 1) != expert);
-  const uint64_t evict_first = l2_evict_first_policy();
 
   extern __shared__ uint4 smem_raw[];
   T* sA = reinterpret_cast<T*>(smem_raw);
@@ -111,13 +105,7 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32, MIN_BLOCKS) moe_mma_ke
   auto load_b = [&](int stage, int kt) {
     T* dB = sB + stage * BN * BK;
 #pragma unroll
-    for (int i = 0; i < B_ITERS; ++i) {
-      if (sole_tile) {
-        cp_async16(dB + b_off[i], b_src[i] + kt * BK, b_ok[i], evict_first);
-      } else {
-        cp_async16(dB + b_off[i], b_src[i] + kt * BK, b_ok[i]);
-      }
-    }
+    for (int i = 0; i < B_ITERS; ++i) cp_async16(dB + b_off[i], b_src[i] + kt * BK, b_ok[i]);
   };
   auto load_stage = [&](int stage, int kt) {
     load_a(stage, kt);

@@ -7,7 +7,6 @@
 #include <cstdint>
 #include <type_traits>
 
-#include "common/cache_policy.cuh"
 #include "common/pdl.cuh"
 
 namespace ferrum::moe {
@@ -55,12 +54,6 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool pr
   const int src_bytes = pred ? 16 : 0;
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(smem)), "l"(gmem),
                "r"(src_bytes));
-}
-// The same, with an L2 cache policy (common/cache_policy.cuh).
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool pred, uint64_t policy) {
-  const int src_bytes = pred ? 16 : 0;
-  asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2, %3;\n" ::"r"(smem_u32(smem)),
-               "l"(gmem), "r"(src_bytes), "l"(policy));
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N>
