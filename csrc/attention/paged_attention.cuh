@@ -173,7 +173,7 @@ __global__ void __launch_bounds__(kThreads) paged_attention_kernel(const __grid_
 
   // ---- which query rows, which keys ----
   int seq, q_row0, n_q, qpos0;
-  bool sole_reader;  // no other CTA reads this (sequence, kv head)'s keys: they may bypass L2's keep
+  bool sole_reader;  // no other CTA reads this (sequence, kv head)'s keys (see `hint` below)
   if (p.mode == kTileDecode) {
     seq = tile; q_row0 = tile; n_q = 1;
     qpos0 = __ldg(p.seq_lens + seq) - 1;
@@ -228,8 +228,7 @@ __global__ void __launch_bounds__(kThreads) paged_attention_kernel(const __grid_
   const bool tensor = bulk && !kVllm;  // "nhd" through the tensor maps
   // Keys read by this CTA alone may stream evict-first (kEvictFirstMaxBytes); keys that other
   // tiles of the sequence read too keep the default policy, so they find them in L2.
-  const bool stream_once = sole_reader && p.evict_first_kv;
-  const uint64_t evict_first = l2_evict_first_policy();
+  const L2Hint hint = l2_evict_first_if(sole_reader && p.evict_first_kv);
   if (bulk) {
     if (tid == 0) {
       for (int b = 0; b < Cfg::kStages; ++b) mbar_init(bar0 + b * 8, 1);
@@ -262,27 +261,15 @@ __global__ void __launch_bounds__(kThreads) paged_attention_kernel(const __grid_
 #pragma unroll
       for (int h = 0; h < D / 64; ++h) {
         const uint32_t off = buf * Cfg::kStageElems * 2 + (h * kStageTokens + (lane << lbs)) * 128;
-        if (stream_once) {
-          tma_load_3d(sK0 + off, &p.k_map, h * 64, kvh, tok, bar, evict_first);
-          tma_load_3d(sV0 + off, &p.v_map, h * 64, kvh, tok, bar, evict_first);
-        } else {
-          tma_load_3d(sK0 + off, &p.k_map, h * 64, kvh, tok, bar);
-          tma_load_3d(sV0 + off, &p.v_map, h * 64, kvh, tok, bar);
-        }
+        tma_load_3d(sK0 + off, &p.k_map, h * 64, kvh, tok, bar, hint);
+        tma_load_3d(sV0 + off, &p.v_map, h * 64, kvh, tok, bar, hint);
       }
     } else if (mine) {
       const int64_t bid = bids;
-      const uint32_t dK = sK0 + buf * Cfg::kStageElems * 2 + lane * bytes;
-      const uint32_t dV = sV0 + buf * Cfg::kStageElems * 2 + lane * bytes;
-      const T* srcK = kc + bid * p.k_block_stride + head_off;
-      const T* srcV = vc + bid * p.v_block_stride + head_off;
-      if (stream_once) {
-        bulk_copy_g2s(dK, srcK, bytes, bar, evict_first);
-        bulk_copy_g2s(dV, srcV, bytes, bar, evict_first);
-      } else {
-        bulk_copy_g2s(dK, srcK, bytes, bar);
-        bulk_copy_g2s(dV, srcV, bytes, bar);
-      }
+      bulk_copy_g2s(sK0 + buf * Cfg::kStageElems * 2 + lane * bytes, kc + bid * p.k_block_stride + head_off, bytes, bar,
+                    hint);
+      bulk_copy_g2s(sV0 + buf * Cfg::kStageElems * 2 + lane * bytes, vc + bid * p.v_block_stride + head_off, bytes, bar,
+                    hint);
     }
   };
 

@@ -20,4 +20,14 @@ __device__ __forceinline__ uint64_t l2_evict_first_policy() {
   return policy;
 }
 
+// An optional L2 cache hint for the copies of common/bulk_copy.cuh (off: the unhinted form).
+struct L2Hint {
+  bool on = false;
+  uint64_t policy = 0;
+};
+
+__device__ __forceinline__ L2Hint l2_evict_first_if(bool on) {
+  return L2Hint{on, on ? l2_evict_first_policy() : uint64_t{0}};
+}
+
 }  // namespace ferrum
