@@ -60,7 +60,7 @@ constexpr int kThreads = 128;
 constexpr int kWarps = kThreads / 32;
 constexpr int kStageTokens = 64;
 constexpr int kMaxSplits = 256;
-// Launches whose K/V (a host bound: rows x kv heads x max_seq_len x D x 2 x 2 bytes) stay below
+// Launches whose K/V (a host bound: sequences x kv heads x max_seq_len x D x 2 x 2 bytes) is at most
 // this stream the keys read by one CTA alone evict-first (AttnParams::evict_first_kv). H100, cold
 // L2: 67-134 MB decodes ran 5-12% faster so (the flush's dirty lines are not written back under
 // the kernel), 0.5-2 GB decodes 1.5-3.5% slower.
