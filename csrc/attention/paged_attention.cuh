@@ -555,9 +555,10 @@ __global__ void __launch_bounds__(kMergeThreads) merge_splits_kernel(const AttnP
   constexpr int kMergeBatch = 8;
   __shared__ float4 s_acc[G * Q];
   __shared__ float s_m[G], s_w[G];
-  pdl_wait();  // the partials come from the attention kernel launched just before
   const int row = blockIdx.x, head = blockIdx.y, tid = threadIdx.x;
   const int q = tid % Q, grp = tid / Q;
+  // seq_lens and cu_seqlens_q were final before the attention kernel passed its own wait, so
+  // they are read before ours (common/pdl_launch.h): one round trip less after it ends.
   int seq, qpos;
   if (p.mode == kTileDecode) {
     seq = row;
@@ -568,6 +569,7 @@ __global__ void __launch_bounds__(kMergeThreads) merge_splits_kernel(const AttnP
     qpos = __ldg(p.seq_lens + seq) - (c1 - c0) + (row - c0);
   }
   const int end = visible_end(p, __ldg(p.seq_lens + seq), qpos);
+  pdl_wait();  // the partials come from the attention kernel launched just before
   const int n = min((end + p.tokens_per_split - 1) / p.tokens_per_split, p.num_splits);
   const int64_t prow = (static_cast<int64_t>(row) * p.num_heads + head) * p.num_splits;
 
