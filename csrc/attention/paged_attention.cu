@@ -259,6 +259,13 @@ void launch_prefill_part(const AttnParams& p, const at::Tensor& out, const at::T
   q.log2_block_size = p.log2_block_size;
   q.max_blocks = p.max_blocks;
   q.vllm_layout = p.vllm_layout;
+  // The "nhd" maps check_and_fill_cache encoded for the decode kernel fit the prefill
+  // kernel as they are ([tokens][kv heads][D], boxes of one head's block x 64 dims).
+  q.nhd_tma = p.nhd_tma;
+  if (p.nhd_tma) {
+    q.k_map = p.k_map;
+    q.v_map = p.v_map;
+  }
   q.scale_log2 = p.scale_log2;
   pf::launch_prefill<T, D>(q, num_tiles, stream);
 }

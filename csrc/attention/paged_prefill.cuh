@@ -11,8 +11,22 @@
 // dispatched together and share that head's K/V in L2.
 //
 // Per CTA: Q [128, D] -> shared memory (cp.async); K/V stream through a
-// 2-stage (3 at head_dim 64) cp.async pipeline of 64-token tiles, block ids
-// prefetched one tile ahead (each thread needs at most 2 per tile). Warps split
+// 2-stage (3 at head_dim 64) pipeline of 64-token tiles, block ids prefetched
+// one tile ahead. Loads (PrefillKv, one instantiation each):
+//   "vllm", and "nhd" at head_dim 96 / before sm_90 / without tensor maps: every
+//     thread issues 16-byte cp.async pieces (its tokens fixed across tiles, so it
+//     needs at most 2 block ids per tile); units past the range zero-filled.
+//   "nhd" on sm_90 with head_dim % 64 == 0 and the host's TMA maps
+//     (PrefillParams::k_map / v_map, as the decode kernel): lane j of warp 0 copies
+//     block j of a tile as D / 64 boxes of [bs tokens][64 dims] each of K and V
+//     onto the tile's mbarrier; the boxes land 128-byte swizzled (see kv_unit).
+// Shared-memory tiles (16-byte units):
+//   K, V "nhd" cp.async: [D/8][64 tokens]                unit (t, c) at c * 64 + t
+//   K, V "nhd" tensor:   [D/64][64 tokens][8 chunks]     unit (t, c) at chunk (c % 8) ^ (t % 8)
+//                        of row (c / 8) * 64 + t (needs 1024-byte aligned tiles)
+//   K "vllm":            [D/8][64 tokens];  V "vllm": [8 token groups][D] (8 tokens of one dim)
+//   Q                    [D/8][128 rows]
+// Warps split
 // the rows: head_dim <= 128: 4 warps x 32 rows (two m16 tiles, so every K/V
 // fragment read by ldmatrix feeds two mma); head_dim 256: 8 warps x 16 rows.
 //   S = Q K^T : mma.sync m16n8k16, A = Q (registers at D = 64, else ldmatrix), B = K (ldmatrix)
@@ -35,6 +49,7 @@
 #include <cstdint>
 
 #include "attention/mma_sync.cuh"
+#include "common/bulk_copy.cuh"
 #include "common/types.cuh"
 
 namespace ferrum::attn::prefill {
@@ -43,7 +58,22 @@ constexpr int kTileKeys = 64;    // keys per pipeline stage
 constexpr int kMinChunk = 64;    // chunks of at least this many query tokens take this kernel
 constexpr int kRowsPerCta = 128;
 
+// How a kernel instantiation loads K/V (template argument KV of paged_prefill_kernel).
+enum PrefillKv : int {
+  kKvVllm = 0,    // "vllm" cache, cp.async
+  kKvNhd = 1,     // "nhd" cache, cp.async
+  kKvNhdTma = 2,  // "nhd" cache, TMA tensor maps (sm_90, head_dim % 64 == 0, PrefillParams::nhd_tma)
+};
+
+// Host switch of the "nhd" tensor-map loads: false sends every "nhd" launch to the
+// cp.async instantiation (the path measured before them).
+constexpr bool kNhdTensorMaps = true;
+
 struct PrefillParams {
+  // TMA maps of the "nhd" caches as [tokens][kv heads][D], boxes [bs][64] (valid when
+  // nhd_tma; the kernel takes PrefillParams as a __grid_constant__ parameter, so they
+  // stay in param space).
+  CUtensorMap k_map, v_map;
   const void* q;
   void* out;
   const void* k_cache;
@@ -58,6 +88,7 @@ struct PrefillParams {
   int num_kv_heads, group;
   int block_size, log2_block_size, max_blocks;
   bool vllm_layout;
+  bool nhd_tma;      // k_map / v_map hold the "nhd" caches
   float scale_log2;  // softmax scale * log2(e)
 };
 
@@ -75,19 +106,22 @@ struct PrefillCfg {
   static_assert(D % 32 == 0, "head_dim must be a multiple of 32");
 };
 
-// Dynamic shared memory of one CTA, in bytes: K/V stages + the Q tile (the
-// output staging area [128][D + 8] reuses the stages).
+// Dynamic shared memory of one CTA, in bytes: K/V stages + the Q tile + one
+// mbarrier per stage (tensor-map loads) (the output staging area [128][D + 8]
+// reuses the stages).
 template <int D>
 constexpr int prefill_smem_bytes() {
-  return PrefillCfg<D>::kStages * 2 * PrefillCfg<D>::kStageElems * 2 + kRowsPerCta * D * 2;
+  return PrefillCfg<D>::kStages * 2 * PrefillCfg<D>::kStageElems * 2 + kRowsPerCta * D * 2 +
+         PrefillCfg<D>::kStages * 8;
 }
 
 // ---- the prefill kernel ----------------------------------------------------
 
-// VLLM: the cache layout ("vllm" when true, else "nhd"; p.vllm_layout must agree).
-template <typename T, int D, bool VLLM>
+// KV: the cache layout and its loads (PrefillKv; p.vllm_layout, and p.nhd_tma for
+// kKvNhdTma, must agree).
+template <typename T, int D, int KV>
 __global__ void __launch_bounds__(PrefillCfg<D>::kThreads, PrefillCfg<D>::kMinBlocks)
-    paged_prefill_kernel(const PrefillParams p) {
+    paged_prefill_kernel(const __grid_constant__ PrefillParams p) {
   using Cfg = PrefillCfg<D>;
   constexpr int NT = Cfg::kThreads;
   constexpr int MW = Cfg::kMW;
@@ -97,11 +131,16 @@ __global__ void __launch_bounds__(PrefillCfg<D>::kThreads, PrefillCfg<D>::kMinBl
   constexpr int DN = D / 8;   // O n-tiles
   constexpr int CH = D / 8;   // 16-byte chunks per row
   constexpr int STAGES = Cfg::kStages;
+  constexpr bool vllm = KV == kKvVllm;
+  constexpr bool tma = KV == kKvNhdTma;  // "nhd" through the tensor maps
+  constexpr int SB = Cfg::kStageElems * 2;  // bytes of one K (or V) stage tile
+  static_assert(!tma || D % 64 == 0, "tensor-map loads need head_dim % 64 == 0");
 
-  extern __shared__ __align__(128) uint8_t smem_raw[];
+  extern __shared__ __align__(1024) uint8_t smem_raw[];  // 1024: the swizzle repeats every 8 rows of 128 B
   T* sK = reinterpret_cast<T*>(smem_raw);
   T* sV = sK + STAGES * Cfg::kStageElems;
   T* sQ = sV + STAGES * Cfg::kStageElems;
+  const uint32_t bar0 = smem_addr(sQ + ROWS * D);  // STAGES mbarriers (tensor-map loads)
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int kvh = blockIdx.y;
@@ -118,6 +157,14 @@ __global__ void __launch_bounds__(PrefillCfg<D>::kThreads, PrefillCfg<D>::kMinBl
   const int n_tiles = (kv_end + N - 1) / N;
 
   const uint32_t sK0 = smem_addr(sK), sV0 = smem_addr(sV), sQ0 = smem_addr(sQ);
+  if constexpr (tma) {
+#if !(defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900)
+    __trap();  // never launched there: the host encodes the maps on sm_90+ only
+#endif
+    // The swizzled unit formula (kv_unit) assumes 1024-byte aligned stage tiles; a
+    // misplaced dynamic shared-memory window would silently read the wrong units.
+    if ((sK0 & 1023u) != 0) __trap();
+  }
 
   // ---- Q tile -> shared memory [D/8][ROWS] (16-byte units; zero rows past the tile) ----
   {
@@ -138,32 +185,72 @@ __global__ void __launch_bounds__(PrefillCfg<D>::kThreads, PrefillCfg<D>::kMinBl
   const int* bt = p.block_tables + static_cast<int64_t>(seq) * p.bt_stride;
   const T* kc = static_cast<const T*>(p.k_cache);
   const T* vc = static_cast<const T*>(p.v_cache);
-  constexpr bool vllm = VLLM;
   const int64_t head_off = vllm ? static_cast<int64_t>(kvh) * D * bs : static_cast<int64_t>(kvh) * D;
   const int64_t tok_stride = static_cast<int64_t>(p.num_kv_heads) * D;  // "nhd": elements between tokens
   // vllm: tok[0] = this thread's K token, tok[1] = its V 8-token group start.
   // nhd: tok[0], tok[1] = its two tokens (NT = 128) or one token twice (NT = 256).
+  // tma: tok[0] = the first token of block `lane` of a stage (warp 0 only loads).
   int tok[2];
   if constexpr (vllm) {
     tok[0] = tid & (N - 1);
     tok[1] = ((tid >> 3) & 7) * 8;
+  } else if constexpr (tma) {
+    tok[0] = tok[1] = lane << lbs;
   } else {
     tok[0] = (tid & 7) + 8 * (tid >> 5);
     tok[1] = NT == 128 ? tok[0] + 32 : tok[0];
   }
   auto load_bids = [&](int s, int (&b)[2]) {
+    if constexpr (tma) {
+      const int t = s * N + tok[0];
+      b[0] = b[1] = (warp == 0 && s < n_tiles && tok[0] < N && t < kv_end) ? __ldg(bt + (t >> lbs)) : 0;
+    } else {
 #pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      const int t = s * N + tok[j];
-      b[j] = (s < n_tiles && t < kv_end) ? __ldg(bt + (t >> lbs)) : 0;
+      for (int j = 0; j < 2; ++j) {
+        const int t = s * N + tok[j];
+        b[j] = (s < n_tiles && t < kv_end) ? __ldg(bt + (t >> lbs)) : 0;
+      }
     }
   };
+
+  if constexpr (tma) {
+    if (tid == 0) {
+#pragma unroll
+      for (int b = 0; b < STAGES; ++b) mbar_init(bar0 + b * 8, 1);
+      fence_mbar_init();
+    }
+    __syncthreads();  // the mbarriers are initialised before any copy counts on them
+  }
 
   auto issue_stage = [&](int s, const int (&b)[2]) {
     const int buf = s % STAGES;
     const int valid = kv_end - s * N;  // keys of this stage in range
-    const uint32_t dK = sK0 + buf * Cfg::kStageElems * 2, dV = sV0 + buf * Cfg::kStageElems * 2;
-    if constexpr (vllm) {
+    const uint32_t dK = sK0 + buf * SB, dV = sV0 + buf * SB;
+    if constexpr (tma) {
+      // Warp 0 (block-uniform caller): lane j copies block j of the stage, K and V, if it
+      // holds a key of the range: D / 64 boxes of [bs tokens][64 dims] each, landing as
+      // 128-byte rows (token t of the stage, dims h * 64.. at row h * 64 + t), 128-byte
+      // swizzled; lane 0 announces the bytes on the stage's mbarrier. Tokens of a copied
+      // block past the range arrive too (masked in S; V zeroed before P V).
+      if (warp != 0) return;
+      const uint32_t bar = bar0 + buf * 8;
+      const bool mine = tok[0] < min(valid, N);
+      const int n = __popc(__ballot_sync(0xffffffffu, mine));
+      // Earlier generic-proxy accesses of this buffer (ldmatrix of stage s - STAGES, ordered
+      // by the __syncthreads before this call) before the async-proxy writes below.
+      fence_proxy_async_smem();
+      if (lane == 0) mbar_arrive_expect_tx(bar, static_cast<uint32_t>(n) * bs * D * 2 * 2);
+      __syncwarp();
+      if (mine) {
+        const int t0 = b[0] << lbs;  // the block's first token row (the host checked tokens < 2^31)
+#pragma unroll
+        for (int h = 0; h < D / 64; ++h) {
+          const uint32_t off = (h * N + tok[0]) * 128;
+          tma_load_3d(dK + off, &p.k_map, h * 64, kvh, t0, bar);
+          tma_load_3d(dV + off, &p.v_map, h * 64, kvh, t0, bar);
+        }
+      }
+    } else if constexpr (vllm) {
       {  // K [nb, kvh, D/8, bs, 8]: unit (chunk c, token t) -> smem unit c * 64 + t
         const int t = tok[0];
         const T* base = kc + static_cast<int64_t>(b[0]) * p.k_block_stride + head_off + (t & (bs - 1)) * 8;
@@ -247,8 +334,19 @@ __global__ void __launch_bounds__(PrefillCfg<D>::kThreads, PrefillCfg<D>::kMinBl
   constexpr bool kQRegs = Cfg::kQInRegs;
   uint32_t qa[kQRegs ? MW : 1][kQRegs ? KS : 1][4];
 
+  // tma: byte offset of the 16-byte unit (token t of a stage, 8-dim chunk c) in a swizzled
+  // K or V tile. The ldmatrix reads use it strength-reduced: a thread's rows t all have
+  // t % 8 == li and its chunks c % 8 are (even constant) | (0 or 1), so the swizzled chunk
+  // is (constant) ^ (per-thread 0..7): the per-thread part (row, swizzle bits) is added once
+  // (k_thr / v_thr) and the constant applied with XOR (the tiles are 1024-byte aligned, so
+  // the bits of the chunk are free in the base address).
+  auto kv_unit = [&](int t, int c) -> uint32_t { return (((c >> 3) * N + t) * 8 + ((c & 7) ^ (t & 7))) * 16; };
+  const uint32_t k_thr = tma ? kv_unit((mi >> 1) * 8 + li, mi & 1) : 0;  // token (mi >> 1) * 8 + li, chunk mi & 1
+  const uint32_t v_thr = tma ? kv_unit((mi & 1) * 8 + li, mi >> 1) : 0;  // token (mi & 1) * 8 + li, chunk mi >> 1
+
   for (int s = 0; s < n_tiles; ++s) {
-    cp_async_wait<STAGES - 2>();
+    cp_async_wait<STAGES - 2>();  // tma: only Q's group is real (the K/V groups are empty)
+    if constexpr (tma) mbar_wait(bar0 + (s % STAGES) * 8, (s / STAGES) & 1);
     __syncthreads();  // stage s (and Q) visible to all; everyone is done with stage s - 1's buffer
     {
       const int next = s + STAGES - 1;
@@ -265,6 +363,15 @@ __global__ void __launch_bounds__(PrefillCfg<D>::kThreads, PrefillCfg<D>::kMinBl
       T* v = sV + buf * Cfg::kStageElems + (valid >> 3) * D * 8;
       for (int i = tid; i < D * 8; i += NT)
         if ((i & 7) >= (valid & 7)) v[i] = from_float<T>(0.f);
+      __syncthreads();
+    } else if (tma && valid < N) {
+      // The tensor copies leave a block's tokens past the range (NaN in the cache's unused
+      // slots, 0 * NaN would poison P V) and stale data for blocks not copied: zero every
+      // V row of a token >= valid (16-byte units: row u / 8 = (c / 8) * 64 + t). The last
+      // tile only: its buffer is never refilled, so no async-proxy write follows these.
+      uint4* v = reinterpret_cast<uint4*>(sV + buf * Cfg::kStageElems);
+      for (int u = tid; u < Cfg::kStageElems / 8; u += NT)
+        if (((u >> 3) & (N - 1)) >= valid) v[u] = make_uint4(0, 0, 0, 0);
       __syncthreads();
     }
     if constexpr (kQRegs) {
@@ -285,7 +392,7 @@ __global__ void __launch_bounds__(PrefillCfg<D>::kThreads, PrefillCfg<D>::kMinBl
     for (int mt = 0; mt < MW; ++mt)
 #pragma unroll
       for (int n = 0; n < N / 8; ++n) sc[mt][n][0] = sc[mt][n][1] = sc[mt][n][2] = sc[mt][n][3] = 0.f;
-    const uint32_t kbase = sK0 + buf * Cfg::kStageElems * 2;
+    const uint32_t kbase = sK0 + buf * SB;
 #pragma unroll
     for (int kk = 0; kk < KS; ++kk) {
       uint32_t a[MW][4];
@@ -301,7 +408,12 @@ __global__ void __launch_bounds__(PrefillCfg<D>::kThreads, PrefillCfg<D>::kMinBl
 #pragma unroll
       for (int j = 0; j < N / 16; ++j) {
         uint32_t b[4];
-        ldsm_x4(b, kbase + ((2 * kk + (mi & 1)) * N + j * 16 + (mi >> 1) * 8 + li) * 16);
+        // tokens j * 16 + (mi >> 1) * 8 + li, chunk 2 * kk + (mi & 1)
+        if constexpr (tma) {
+          ldsm_x4(b, ((kbase + k_thr) ^ (((2 * kk) & 7) << 4)) + ((kk >> 2) * N + j * 16) * 128);
+        } else {
+          ldsm_x4(b, kbase + ((2 * kk + (mi & 1)) * N + j * 16 + (mi >> 1) * 8 + li) * 16);
+        }
 #pragma unroll
         for (int mt = 0; mt < MW; ++mt) {
           mma_16816<T>(sc[mt][2 * j], a[mt], b[0], b[1]);
@@ -355,7 +467,7 @@ __global__ void __launch_bounds__(PrefillCfg<D>::kThreads, PrefillCfg<D>::kMinBl
     }
 
     // ---- O += P V ----
-    const uint32_t vbase = sV0 + buf * Cfg::kStageElems * 2;
+    const uint32_t vbase = sV0 + buf * SB;
 #pragma unroll
     for (int kc16 = 0; kc16 < N / 16; ++kc16) {
       uint32_t pa[MW][4];
@@ -373,6 +485,9 @@ __global__ void __launch_bounds__(PrefillCfg<D>::kThreads, PrefillCfg<D>::kMinBl
         if constexpr (vllm) {
           const int d = dp * 16 + (mi >> 1) * 8 + li, g = (t0 >> 3) + (mi & 1);
           ldsm_x4(b, vbase + (g * D + d) * 16);
+        } else if constexpr (tma) {
+          // tokens t0 + (mi & 1) * 8 + li, chunk 2 * dp + (mi >> 1)
+          ldsm_x4_trans(b, ((vbase + v_thr) ^ (((2 * dp) & 7) << 4)) + ((dp >> 2) * N + t0) * 128);
         } else {
           const int t = t0 + (mi & 1) * 8 + li, c = 2 * dp + (mi >> 1);
           ldsm_x4_trans(b, vbase + (c * N + t) * 16);

@@ -16,14 +16,23 @@ void launch_prefill(const PrefillParams& p, int num_tiles, cudaStream_t stream) 
   constexpr int kMaxDevices = 64;
   static std::atomic<bool> configured[kMaxDevices] = {};
   constexpr int smem = prefill_smem_bytes<D>();
-  auto* kernel = p.vllm_layout ? paged_prefill_kernel<T, D, true> : paged_prefill_kernel<T, D, false>;
+  // The tensor-map instantiation exists only where its boxes of 64 dims tile head_dim.
+  constexpr bool kTmaD = D % 64 == 0;
+  auto* kernel = p.vllm_layout ? paged_prefill_kernel<T, D, kKvVllm> : paged_prefill_kernel<T, D, kKvNhd>;
+  if constexpr (kTmaD) {
+    if (kNhdTensorMaps && !p.vllm_layout && p.nhd_tma) kernel = paged_prefill_kernel<T, D, kKvNhdTma>;
+  }
   int device = 0;
   C10_CUDA_CHECK(cudaGetDevice(&device));
   if (device < 0 || device >= kMaxDevices || !configured[device].load(std::memory_order_relaxed)) {
-    C10_CUDA_CHECK(cudaFuncSetAttribute(paged_prefill_kernel<T, D, true>,
+    C10_CUDA_CHECK(cudaFuncSetAttribute(paged_prefill_kernel<T, D, kKvVllm>,
                                         cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-    C10_CUDA_CHECK(cudaFuncSetAttribute(paged_prefill_kernel<T, D, false>,
+    C10_CUDA_CHECK(cudaFuncSetAttribute(paged_prefill_kernel<T, D, kKvNhd>,
                                         cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    if constexpr (kTmaD) {
+      C10_CUDA_CHECK(cudaFuncSetAttribute(paged_prefill_kernel<T, D, kKvNhdTma>,
+                                          cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    }
     if (device >= 0 && device < kMaxDevices) configured[device].store(true, std::memory_order_relaxed);
   }
   if (num_tiles <= 0 || p.num_kv_heads <= 0) return;

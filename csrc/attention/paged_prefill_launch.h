@@ -9,8 +9,9 @@ namespace ferrum::attn::prefill {
 
 struct PrefillParams;
 
-// Launches paged_prefill_kernel<T, D> on grid (num_tiles, kv_heads); raises the
-// kernel's dynamic shared-memory limit on first use per device.
+// Launches paged_prefill_kernel<T, D, KV> (KV from p.vllm_layout / p.nhd_tma) on grid
+// (num_tiles, kv_heads); raises the kernels' dynamic shared-memory limit on first use
+// per device.
 template <typename T, int D>
 void launch_prefill(const PrefillParams& p, int num_tiles, cudaStream_t stream);
 

@@ -292,6 +292,23 @@ def test_prefill_groups_and_block_sizes(group, block_size):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("head_dim", (64, 128, 256))
+@pytest.mark.parametrize("block_size", (8, 32))
+def test_prefill_nhd_block_sizes(head_dim, block_size):
+    """"nhd" at every head_dim of the tensor-map loads (sm_90: K/V copied as TMA boxes of
+    [block_size tokens][64 dims] into 128-byte-swizzled tiles) with blocks of 8 and 32 (16: in
+    test_prefill_matches_reference), 3 kv heads. The keys of a prefill tile end exactly on a 64-key
+    stage (ctx 64; 960), on a block boundary mid-stage (480: the stage's later blocks are not
+    copied, their stale V rows must be zeroed), and mid-block (862, 1001; 648 at block 32: the
+    NaN-poisoned tail slots arrive with the block); ~1000-key contexts take each stage's mbarrier
+    through many phases."""
+    q_lens, ctx = [64, 1, 200, 130, 5, 96], [64, 777, 648, 960, 40, 1001]
+    args = _varlen_problem(q_lens, ctx, 12, 3, head_dim, block_size, torch.bfloat16, "nhd", "cuda",
+                           seed=head_dim + block_size)
+    _check_paths(args, "nhd", f"nhd d{head_dim} bs{block_size}", max_q_len=200)
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_prefill_with_split_k_short_rows(layout):
     """Long-context decode / short rows split across CTAs (their merge runs over every row) while
@@ -326,23 +343,24 @@ def test_prefill_misaligned_out_falls_back():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("tiled", (False, True))
-@pytest.mark.parametrize("path", ("new", "auto"))
-def test_prefill_cuda_graph_replay(tiled, path):
+@pytest.mark.parametrize("tiled,path,layout", ((False, "new", "vllm"), (True, "new", "vllm"), (False, "auto", "vllm"),
+                                               (True, "auto", "vllm"), (True, "new", "nhd")))
+def test_prefill_cuda_graph_replay(tiled, path, layout):
     """Capture for (M, B, max_seq_len, max_q_len); replay with other splits of M into long and short
-    chunks, zero-length sequences and other contexts (both tile lists are rebuilt on the device)."""
+    chunks, zero-length sequences and other contexts (both tile lists are rebuilt on the device;
+    "nhd": the tensor maps are kernel parameters baked into the graph)."""
     m, b, max_len = 600, 4, 4096
-    q, kc, vc, cu, sl, bt = _varlen_problem([150] * b, [max_len] * b, 32, 8, 128, 16, torch.bfloat16, "vllm",
+    q, kc, vc, cu, sl, bt = _varlen_problem([150] * b, [max_len] * b, 32, 8, 128, 16, torch.bfloat16, layout,
                                             "cuda", seed=9)
     scale = 1 / math.sqrt(128)
     out = torch.empty_like(q)
-    run = lambda: ops.paged_attention_varlen(q, kc, vc, cu, sl, bt, scale, "vllm", tiled,  # noqa: E731
+    run = lambda: ops.paged_attention_varlen(q, kc, vc, cu, sl, bt, scale, layout, tiled,  # noqa: E731
                                              max_seq_len=max_len, max_q_len=m, out=out, _prefill_path=path)
     cases = (([150] * 4, [150, 1000, 4096, 3000]), ([600, 0, 0, 0], [4000, 0, 3, 0]),
              ([1, 1, 1, 597], [4096, 9, 1, 597]), ([64, 63, 65, 408], [64, 4000, 65, 1000]),
              ([0, 0, 300, 300], [0, 0, 4096, 301]))
-    _replay_cases(capture_graph(run)[0], (q, kc, vc, cu, sl, bt), out, scale, "vllm", cases,
-                  f"{path} path tiled={tiled} ")
+    _replay_cases(capture_graph(run)[0], (q, kc, vc, cu, sl, bt), out, scale, layout, cases,
+                  f"{path} path tiled={tiled} {layout} ")
 
 
 @pytest.mark.gpu
