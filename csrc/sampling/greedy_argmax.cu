@@ -1,9 +1,7 @@
 // Launcher for greedy_argmax: checks, picks the split of each row over CTAs from host
 // values only (B, V, the SM count), and launches the row kernel plus, when rows are
-// split, the merge kernel (or, on sm_90 with many rows, the row kernel alone in
-// clusters that merge through distributed shared memory). The partial-key scratch comes
-// from the caching allocator, so the op needs no host sync and can be captured in a CUDA
-// graph.
+// split, the merge kernel. The partial-key scratch comes from the caching allocator, so
+// the op needs no host sync and can be captured in a CUDA graph.
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -74,26 +72,6 @@ void check_args(const at::Tensor& ids, const std::optional<at::Tensor>& values, 
   }
 }
 
-// The row kernel in clusters of num_chunks CTAs, one cluster per row (sm_90+).
-template <typename T, bool kMasked>
-void launch_clustered(dim3 grid, int num_chunks, cudaStream_t stream, const T* x, int64_t x_stride,
-                      const uint8_t* mask, int64_t mask_stride, int V, int chunk_elems, int64_t* ids, T* values) {
-  cudaLaunchConfig_t config = {};
-  config.gridDim = grid;
-  config.blockDim = dim3(ferrum::argmax::kThreads);
-  config.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = static_cast<unsigned>(num_chunks);
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
-  config.attrs = attr;
-  config.numAttrs = 1;
-  uint64_t* no_partial = nullptr;
-  C10_CUDA_CHECK(cudaLaunchKernelEx(&config, ferrum::argmax::argmax_rows_kernel<T, kMasked, true>, x, x_stride, mask,
-                                    mask_stride, V, chunk_elems, num_chunks, no_partial, ids, values));
-}
-
 }  // namespace
 
 void greedy_argmax(at::Tensor& ids, const std::optional<at::Tensor>& values, const at::Tensor& logits,
@@ -135,24 +113,6 @@ void greedy_argmax(at::Tensor& ids, const std::optional<at::Tensor>& values, con
     const int64_t mask_stride = allowed.has_value() && allowed->dim() == 2 && B > 1 ? allowed->stride(0) : 0;
     auto* out_ids = ids.data_ptr<int64_t>();
     auto* out_values = values.has_value() ? reinterpret_cast<scalar_t*>(values->data_ptr()) : nullptr;
-
-    // sm_90, split rows, at least half an SM's worth of rows: kClusterCtas CTAs per row in
-    // one cluster, no merge kernel (greedy_argmax.cuh). Fewer rows need more CTAs per row
-    // than a cluster holds.
-    if (num_chunks > 1 && 2 * B >= ferrum::sm_count(device) && ferrum::cc_major(device) >= 9) {
-      constexpr int kC = ga::kClusterCtas;
-      int64_t cluster_chunk = (V + kC - 1) / kC;
-      cluster_chunk = (cluster_chunk + kVec - 1) / kVec * kVec;
-      const dim3 cgrid(static_cast<unsigned>(B * kC));
-      if (mask != nullptr) {
-        launch_clustered<scalar_t, true>(cgrid, kC, stream, x, x_stride, mask, mask_stride, V,
-                                         static_cast<int>(cluster_chunk), out_ids, out_values);
-      } else {
-        launch_clustered<scalar_t, false>(cgrid, kC, stream, x, x_stride, nullptr, 0, V,
-                                          static_cast<int>(cluster_chunk), out_ids, out_values);
-      }
-      return;
-    }
 
     at::Tensor scratch;
     uint64_t* partial = nullptr;

@@ -9,13 +9,11 @@
 //                        over ~150 CTAs (one 16-byte load per thread), each writing a
 //                        partial key; a one-warp merge kernel (launched with programmatic
 //                        dependent launch so its launch overlaps) finishes the row.
-//   B=256 V=151936 fp32: 156 MB -> 52 us at 3.0 TB/s. Before sm_90: rows cut into 16 KB
-//                        chunks (37 per row), one short-lived CTA each, then the same
-//                        merge (many short streams kept DRAM busier than one long stream
-//                        per row). On sm_90 a row is one thread-block cluster of
-//                        kClusterCtas CTAs that reduce their keys through distributed
-//                        shared memory, so no merge kernel runs after the stream (ncu:
-//                        the merge was ~3 us after a 55 us row kernel).
+//   B=256 V=151936 fp32: 156 MB -> 52 us at 3.0 TB/s. Rows cut into 16 KB chunks (37 per
+//                        row), one short-lived CTA each with all its 16-byte loads in
+//                        flight at once, then the same merge: many independent short
+//                        streams keep DRAM busier than one long stream per row (16-bit
+//                        rows, half as long, measured faster with one CTA per row).
 //
 // The order-preserving key. Every element maps to a 64-bit key
 //     key = code(value) << 32 | ~index          (index < 2^31, as uint32)
@@ -28,7 +26,6 @@
 // the 32-bit code suffices there and the 64-bit key is built once per thread.
 #pragma once
 
-#include <cooperative_groups.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -41,7 +38,6 @@ namespace ferrum {
 namespace argmax {
 
 constexpr int kThreads = 256;  // per CTA of the row kernel
-constexpr int kClusterCtas = 8;  // CTAs per row in the cluster form (8: the portable cluster size)
 // 16-byte loads in flight per thread: 32 elements, 128 / 64 bytes (fp32 / 16-bit types).
 template <typename T>
 constexpr int kLoadsInFlight = 32 / (16 / sizeof(T));
@@ -110,10 +106,8 @@ __device__ __forceinline__ void write_result(uint64_t key, int64_t row, const T*
 // multiple of the vector width, so every chunk's body is 16-byte aligned), the last chunk
 // runs to V. Aligned bodies are read with 16-byte loads, the few leftovers one by one.
 // num_chunks == 1: the CTA writes ids/values itself; else its key goes to
-// partial[row * num_chunks + chunk] for argmax_merge_kernel, or, kCluster (launched
-// with clusters of num_chunks CTAs, one per row, sm_90+), to the cluster's rank 0,
-// which writes the answer.
-template <typename T, bool kMasked, bool kCluster = false>
+// partial[row * num_chunks + chunk] for argmax_merge_kernel.
+template <typename T, bool kMasked>
 __global__ void __launch_bounds__(kThreads, kMasked ? 2 : 4)
     argmax_rows_kernel(const T* __restrict__ logits, int64_t logits_stride,
                        const uint8_t* __restrict__ allowed, int64_t allowed_stride, int V, int chunk_elems,
@@ -186,7 +180,6 @@ __global__ void __launch_bounds__(kThreads, kMasked ? 2 : 4)
 
   // Block-wide max of the keys.
   __shared__ uint64_t warp_keys[kThreads / 32];
-  __shared__ uint64_t cta_key;  // kCluster: read by the cluster's rank 0
   uint64_t key = warp_max_key(best.key());
   const int lane = tid % 32, warp = tid / 32;
   if (lane == 0) warp_keys[warp] = key;
@@ -197,27 +190,10 @@ __global__ void __launch_bounds__(kThreads, kMasked ? 2 : 4)
     if (lane == 0) {
       if (num_chunks == 1) {
         write_result(key, row, x, ids, values);
-      } else if (kCluster) {
-        cta_key = key;
       } else {
         partial[blockIdx.x] = key;
       }
     }
-  }
-  if constexpr (kCluster) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    namespace cg = cooperative_groups;
-    cg::cluster_group cluster = cg::this_cluster();
-    cluster.sync();  // every CTA's key is in its shared memory
-    if (cluster.block_rank() == 0 && warp == 0) {
-      uint64_t k = lane < num_chunks ? *cluster.map_shared_rank(&cta_key, lane) : 0;
-      k = warp_max_key(k);
-      if (lane == 0) write_result(k, row, x, ids, values);
-    }
-    cluster.sync();  // no CTA exits (freeing its key) before rank 0 has read it
-#else
-    __trap();  // the launcher takes this form on sm_90+ only
-#endif
   }
 }
 
