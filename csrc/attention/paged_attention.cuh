@@ -171,64 +171,11 @@ __global__ void __launch_bounds__(kThreads) paged_attention_kernel(const __grid_
   const int tile = blockIdx.x, split = blockIdx.y, kvh = blockIdx.z;
   pdl_wait();  // query, cache and tables come from earlier kernels
 
-  // ---- which query rows, which keys ----
-  int seq, q_row0, n_q, qpos0;
-  bool sole_reader;  // no other CTA reads this (sequence, kv head)'s keys (see `hint` below)
-  if (p.mode == kTileDecode) {
-    seq = tile; q_row0 = tile; n_q = 1;
-    qpos0 = __ldg(p.seq_lens + seq) - 1;
-    sole_reader = true;
-  } else if (p.mode == kTileRow) {
-    seq = find_seq(p.cu_seqlens_q, p.num_seqs, tile);
-    const int c0 = __ldg(p.cu_seqlens_q + seq), c1 = __ldg(p.cu_seqlens_q + seq + 1);
-    q_row0 = tile; n_q = 1;
-    qpos0 = __ldg(p.seq_lens + seq) - (c1 - c0) + (tile - c0);
-    sole_reader = c1 - c0 == 1;
-  } else {
-    const int4 e = p.tiles[tile];
-    seq = e.x; q_row0 = e.y; n_q = e.z;
-    if (n_q <= 0) return;  // padding entry of the tile list
-    qpos0 = __ldg(p.seq_lens + seq) - e.w;
-    sole_reader = n_q == e.w && q_row0 == __ldg(p.cu_seqlens_q + seq);  // the tile holds all its sequence's rows
-  }
-  const int seq_len = __ldg(p.seq_lens + seq);
-  const int kv_end = visible_end(p, seq_len, qpos0 + n_q - 1);
-  const int kv_begin = split * p.tokens_per_split;
-  // Splits past the end write nothing: the merge reads only ceil(end / tokens_per_split) of them.
-  if (p.num_splits > 1 && kv_begin >= kv_end) return;
-  const int range_end = min(kv_end, kv_begin + p.tokens_per_split);
-  const int n_tok = max(range_end - kv_begin, 0);
-  const int n_stages = (n_tok + kStageTokens - 1) / kStageTokens;
-
-  // ---- Q tile into shared memory (zero rows past the group / the tile) ----
-  const int valid_rows = n_q * p.group;
-  for (int u = tid; u < ROWS * CH; u += kThreads) {
-    const int c = u % CH, r = u / CH;
-    uint4 val = make_uint4(0, 0, 0, 0);
-    if (r < valid_rows) {
-      const int qt = r / p.group, g = r % p.group;
-      const T* src = static_cast<const T*>(p.q) + static_cast<int64_t>(q_row0 + qt) * p.q_row_stride +
-                     static_cast<int64_t>(kvh * p.group + g) * p.q_head_stride + c * 8;
-      val = *reinterpret_cast<const uint4*>(src);
-    }
-    *reinterpret_cast<uint4*>(sQ + (c * ROWS + r) * 8) = val;
-  }
-
-  // ---- K/V pipeline ----
   const int bs = p.block_size, lbs = p.log2_block_size;
-  const int* bt = p.block_tables + static_cast<int64_t>(seq) * p.bt_stride;
-  const T* kc = static_cast<const T*>(p.k_cache);
-  const T* vc = static_cast<const T*>(p.v_cache);
-  const int64_t head_off = kVllm ? static_cast<int64_t>(kvh) * D * bs : static_cast<int64_t>(kvh) * D;
-  const int64_t tok_stride = static_cast<int64_t>(p.num_kv_heads) * D;  // "nhd": elements between tokens
-  const uint32_t sK0 = smem_addr(sK), sV0 = smem_addr(sV), sQ0 = smem_addr(sQ);
   // MT 4 keeps cp.async: its warps read every token of a stage, and the bulk V
   // tile's 2-way ldmatrix conflicts would make shared memory the bottleneck.
   const bool bulk = kBulkArch && MT <= 2 && (kVllm || (D % 64 == 0 && p.nhd_tma));
   const bool tensor = bulk && !kVllm;  // "nhd" through the tensor maps
-  // Keys read by this CTA alone may stream evict-first (kEvictFirstMaxBytes); keys that other
-  // tiles of the sequence read too keep the default policy, so they find them in L2.
-  const L2Hint hint = l2_evict_first_if(sole_reader && p.evict_first_kv);
   if (bulk) {
     if (tid == 0) {
       for (int b = 0; b < Cfg::kStages; ++b) mbar_init(bar0 + b * 8, 1);
@@ -236,6 +183,55 @@ __global__ void __launch_bounds__(kThreads) paged_attention_kernel(const __grid_
     }
     __syncthreads();
   }
+
+  // ---- which query rows, which keys ----
+  // Rows q_row0 .. q_row0 + n_q - 1 of sequence seq; the first sits q_back positions before its end.
+  int seq, q_row0, n_q, q_back;
+  bool sole_reader;  // no other CTA reads this (sequence, kv head)'s keys (see `hint` below)
+  if (p.mode == kTileDecode) {
+    seq = tile; q_row0 = tile; n_q = 1; q_back = 1;
+    sole_reader = true;
+  } else if (p.mode == kTileRow) {
+    seq = find_seq(p.cu_seqlens_q, p.num_seqs, tile);
+    const int c0 = __ldg(p.cu_seqlens_q + seq), c1 = __ldg(p.cu_seqlens_q + seq + 1);
+    q_row0 = tile; n_q = 1; q_back = c1 - tile;
+    sole_reader = c1 - c0 == 1;
+  } else {
+    const int4 e = p.tiles[tile];
+    seq = e.x; q_row0 = e.y; n_q = e.z; q_back = e.w;
+    if (n_q <= 0) return;  // padding entry of the tile list
+    sole_reader = n_q == e.w && q_row0 == __ldg(p.cu_seqlens_q + seq);  // the tile holds all its sequence's rows
+  }
+  const int kv_begin = split * p.tokens_per_split;
+  const int* bt = p.block_tables + static_cast<int64_t>(seq) * p.bt_stride;
+  // Lane j: the block id of block j of the first stages, loaded before seq_len arrives (bounded
+  // by the table's width only: the copies take the ids of blocks in the range alone), so the
+  // first copies wait for one dependent load, not for seq_len, then the ids, then the Q tile.
+  int first_bids[Cfg::kStages - 1];
+#pragma unroll
+  for (int s = 0; s < Cfg::kStages - 1; ++s) {
+    const int blk = ((kv_begin + s * kStageTokens) >> lbs) + lane;
+    first_bids[s] = (lane << lbs) < kStageTokens && blk < p.max_blocks ? __ldg(bt + blk) : 0;
+  }
+  const int seq_len = __ldg(p.seq_lens + seq);
+  const int qpos0 = seq_len - q_back;
+  const int kv_end = visible_end(p, seq_len, qpos0 + n_q - 1);
+  // Splits past the end write nothing: the merge reads only ceil(end / tokens_per_split) of them.
+  if (p.num_splits > 1 && kv_begin >= kv_end) return;
+  const int range_end = min(kv_end, kv_begin + p.tokens_per_split);
+  const int n_tok = max(range_end - kv_begin, 0);
+  const int n_stages = (n_tok + kStageTokens - 1) / kStageTokens;
+  const int valid_rows = n_q * p.group;
+
+  // ---- K/V pipeline ----
+  const T* kc = static_cast<const T*>(p.k_cache);
+  const T* vc = static_cast<const T*>(p.v_cache);
+  const int64_t head_off = kVllm ? static_cast<int64_t>(kvh) * D * bs : static_cast<int64_t>(kvh) * D;
+  const int64_t tok_stride = static_cast<int64_t>(p.num_kv_heads) * D;  // "nhd": elements between tokens
+  const uint32_t sK0 = smem_addr(sK), sV0 = smem_addr(sV), sQ0 = smem_addr(sQ);
+  // Keys read by this CTA alone may stream evict-first (kEvictFirstMaxBytes); keys that other
+  // tiles of the sequence read too keep the default policy, so they find them in L2.
+  const L2Hint hint = l2_evict_first_if(sole_reader && p.evict_first_kv);
 
   // Lane j holds the block id of block j of stage s (0 where past the range).
   auto load_block_ids = [&](int s) -> int {
@@ -324,12 +320,25 @@ __global__ void __launch_bounds__(kThreads) paged_attention_kernel(const __grid_
 #pragma unroll
   for (int i = 0; i < DN; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
 
-  int bids = load_block_ids(0);
 #pragma unroll
   for (int s = 0; s < Cfg::kStages - 1; ++s) {
-    if (s < n_stages) issue_stage(s, bids);
+    if (s < n_stages) issue_stage(s, first_bids[s]);
     cp_async_commit();
-    bids = load_block_ids(s + 1);
+  }
+  int bids = load_block_ids(Cfg::kStages - 1);
+
+  // ---- Q tile into shared memory (zero rows past the group / the tile), while the copies fly ----
+#pragma unroll
+  for (int u = tid; u < ROWS * CH; u += kThreads) {
+    const int c = u % CH, r = u / CH;
+    uint4 val = make_uint4(0, 0, 0, 0);
+    if (r < valid_rows) {
+      const int qt = r / p.group, g = r % p.group;
+      const T* src = static_cast<const T*>(p.q) + static_cast<int64_t>(q_row0 + qt) * p.q_row_stride +
+                     static_cast<int64_t>(kvh * p.group + g) * p.q_head_stride + c * 8;
+      val = *reinterpret_cast<const uint4*>(src);
+    }
+    *reinterpret_cast<uint4*>(sQ + (c * ROWS + r) * 8) = val;
   }
 
   // Q is the same for every stage: at head_dim <= 128 and one m-tile its A
