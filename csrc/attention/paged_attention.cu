@@ -180,7 +180,7 @@ template <typename T, int D, int MT>
 void run(AttnParams& p, const at::Tensor& query, int num_tiles, int64_t plan_tiles, int64_t rows_total,
          int64_t max_seq_len, int64_t forced_splits, cudaStream_t stream) {
   const int device = query.get_device();
-  const int per_sm = ferrum::attn::attention_ctas_per_sm<T, D, MT>(device, p.vllm_layout);
+  const int per_sm = ferrum::attn::attention_ctas_per_sm<T, D, MT>(p.vllm_layout);
   plan_splits(p, plan_tiles * p.num_kv_heads, max_seq_len, ferrum::sm_count(device) * per_sm, forced_splits);
   const int64_t kv_bytes = std::min<int64_t>(p.num_seqs, plan_tiles) * p.num_kv_heads * max_seq_len * D * 2 * 2;
   p.evict_first_kv = kv_bytes <= ferrum::attn::kEvictFirstMaxBytes;

@@ -2,40 +2,30 @@
 // one .cu file per dtype, which instantiates them with FERRUM_ATTN_INSTANTIATE.
 #pragma once
 
-#include <atomic>
-
 #include <c10/cuda/CUDAException.h>
 
 #include "attention/paged_attention.cuh"
 #include "attention/paged_attention_launch.h"
+#include "common/device_cache.h"
 #include "common/pdl_launch.h"
 
 namespace ferrum::attn {
 
-namespace detail {
-constexpr int kMaxDevices = 64;
-}
-
+// CTAs of paged_attention_kernel<T, D, MT, kVllm> resident per SM of the current device (at least 1),
+// cached per device; the first call per device also raises the kernel's dynamic shared-memory limit
+// to attn_smem_bytes<D, MT>(), which launch_attention relies on. A failed query raises.
 template <typename T, int D, int MT, bool kVllm>
-int ctas_per_sm(int device) {
-  static std::atomic<int> cache[detail::kMaxDevices] = {};
-  if (device >= 0 && device < detail::kMaxDevices) {
-    const int v = cache[device].load(std::memory_order_relaxed);
-    if (v > 0) return v;
-  }
-  constexpr int smem = attn_smem_bytes<D, MT>();
-  auto* kernel = paged_attention_kernel<T, D, MT, kVllm>;
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-  int n = 0;
-  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kThreads, smem));
-  n = n > 0 ? n : 1;
-  if (device >= 0 && device < detail::kMaxDevices) cache[device].store(n, std::memory_order_relaxed);
+int ctas_per_sm() {
+  cudaError_t err = cudaSuccess;
+  const int n = resident_blocks_per_sm<paged_attention_kernel<T, D, MT, kVllm>, kThreads, attn_smem_bytes<D, MT>()>(
+      1, &err);
+  C10_CUDA_CHECK(err);
   return n;
 }
 
 template <typename T, int D, int MT>
-int attention_ctas_per_sm(int device, bool vllm_layout) {
-  return vllm_layout ? ctas_per_sm<T, D, MT, true>(device) : ctas_per_sm<T, D, MT, false>(device);
+int attention_ctas_per_sm(bool vllm_layout) {
+  return vllm_layout ? ctas_per_sm<T, D, MT, true>() : ctas_per_sm<T, D, MT, false>();
 }
 
 template <typename T, int D, int MT>
@@ -61,7 +51,7 @@ void launch_merge(const AttnParams& p, int num_rows, cudaStream_t stream) {
 
 #define FERRUM_ATTN_INSTANTIATE_MT(T, D, MT)                                                                 \
   template void ferrum::attn::launch_attention<T, D, MT>(const ferrum::attn::AttnParams&, int, cudaStream_t); \
-  template int ferrum::attn::attention_ctas_per_sm<T, D, MT>(int, bool);
+  template int ferrum::attn::attention_ctas_per_sm<T, D, MT>(bool);
 
 #define FERRUM_ATTN_INSTANTIATE_D(T, D) \
   FERRUM_ATTN_INSTANTIATE_MT(T, D, 1)    \

@@ -13,10 +13,10 @@ struct AttnParams;
 template <typename T, int D, int MT>
 void launch_attention(const AttnParams& p, int num_tiles, cudaStream_t stream);
 
-// CTAs of that kernel (for the given cache layout) resident per SM (cached per
-// device; also raises the dynamic shared-memory limit on first use).
+// CTAs of that kernel (for the given cache layout) resident per SM of the current
+// device (cached per device; also raises the dynamic shared-memory limit on first use).
 template <typename T, int D, int MT>
-int attention_ctas_per_sm(int device, bool vllm_layout);
+int attention_ctas_per_sm(bool vllm_layout);
 
 // Launches merge_splits_kernel<T, D> on grid (rows, heads).
 template <typename T, int D>

@@ -1,26 +1,19 @@
 // Per-device attributes that launch plans depend on, queried once per device
 // (host attribute queries: cheap after the first call and safe during graph capture).
+// Throwing wrappers for the torch launchers over the torch-free cache of common/device_cache.h.
 #pragma once
 
 #include <c10/cuda/CUDAException.h>
 #include <cuda_runtime.h>
 
-#include <atomic>
+#include "common/device_cache.h"
 
 namespace ferrum {
 
 template <cudaDeviceAttr kAttr>
 int device_attribute(int device) {
-  constexpr int kMaxDevices = 64;
-  static std::atomic<int> cache[kMaxDevices] = {};
-  const bool cached = device >= 0 && device < kMaxDevices;
-  if (cached) {
-    const int v = cache[device].load(std::memory_order_relaxed);
-    if (v > 0) return v;
-  }
   int value = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&value, kAttr, device));
-  if (cached) cache[device].store(value, std::memory_order_relaxed);
+  C10_CUDA_CHECK(try_device_attribute<kAttr>(device, &value));
   return value;
 }
 

@@ -13,29 +13,23 @@
 
 #include <cuda_runtime.h>
 
-#include <atomic>
 #include <utility>
+
+#include "common/device_cache.h"
 
 namespace ferrum {
 
-// Whether the current device is sm_90+ (cached per device: host attribute queries only).
+// Whether the current device is sm_90+ (cached per device: host attribute queries only). Where a
+// query fails: false (a plain launch), the error left for the caller's launch check.
 // Building with -DFERRUM_DISABLE_PDL (e.g. NVCC_APPEND_FLAGS=-DFERRUM_DISABLE_PDL) turns every such
 // launch into a plain launch: an A/B switch for timing and a fallback; results are identical.
 inline bool pdl_supported() {
 #ifdef FERRUM_DISABLE_PDL
   return false;
 #endif
-  constexpr int kMaxDevices = 64;
-  static std::atomic<int> cache[kMaxDevices] = {};  // 0 unknown, 1 no, 2 yes
-  int device = 0;
+  int device = 0, major = 0;
   if (cudaGetDevice(&device) != cudaSuccess) return false;
-  if (device >= 0 && device < kMaxDevices) {
-    const int v = cache[device].load(std::memory_order_relaxed);
-    if (v != 0) return v == 2;
-  }
-  int major = 0;
-  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) return false;
-  if (device >= 0 && device < kMaxDevices) cache[device].store(major >= 9 ? 2 : 1, std::memory_order_relaxed);
+  if (try_device_attribute<cudaDevAttrComputeCapabilityMajor>(device, &major) != cudaSuccess) return false;
   return major >= 9;
 }
 

@@ -5,42 +5,28 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
 
 #include "moe/gemv.cuh"
+#include "common/device_cache.h"
 #include "common/pdl_launch.h"
 
 namespace ferrum::moe {
 
 namespace {
 
-// Resident CTAs of `kernel` per SM x SMs of the current device, cached per device and kernel (host
-// queries only, no stream work). Where the occupancy query fails, min_per_sm (the kernel's
+// Resident CTAs of kKernel per SM x SMs of the current device, cached per device and kernel (host
+// queries only, no stream work). Where the occupancy query fails, kMinPerSm (the kernel's
 // __launch_bounds__ minimum, which ptxas guarantees) per SM; 132 SMs where even the SM count fails.
-template <typename Kernel>
-int resident_ctas(Kernel kernel, int min_per_sm) {
-  constexpr int kMaxDevices = 64;
-  static std::atomic<int> cache[kMaxDevices] = {};
-  int device = 0;
-  const bool have_device = cudaGetDevice(&device) == cudaSuccess;
-  const bool cached = have_device && device >= 0 && device < kMaxDevices;
-  if (cached) {
-    const int v = cache[device].load(std::memory_order_relaxed);
-    if (v > 0) return v;
-  }
-  int sms = 0, per_sm = 0;
-  if (!have_device || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
+template <auto kKernel, int kMinPerSm>
+int resident_ctas() {
+  int device = 0, sms = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      try_device_attribute<cudaDevAttrMultiProcessorCount>(device, &sms) != cudaSuccess) {
     (void)cudaGetLastError();  // leave no sticky error for the caller's launch check
-    return 132 * min_per_sm;
+    return 132 * kMinPerSm;
   }
-  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kGemvWarps * 32, 0) != cudaSuccess) {
-    (void)cudaGetLastError();
-    return sms * min_per_sm;  // not cached: asked again next time
-  }
-  const int v = sms * std::max(min_per_sm, per_sm);
-  if (cached) cache[device].store(v, std::memory_order_relaxed);
-  return v;
+  return sms * resident_blocks_per_sm<kKernel, kGemvWarps * 32>(kMinPerSm);
 }
 
 template <typename T, bool GATE_UP>
@@ -51,10 +37,10 @@ void launch(const GemmArgs& args, cudaStream_t stream) {
   constexpr int ROWS = GATE_UP ? 1 : 2;
   constexpr int UNROLL = GATE_UP ? 4 : 3;
   constexpr int MIN_CTAS = 2;
-  auto kernel = moe_gemv_kernel<T, GATE_UP, ROWS, UNROLL, MIN_CTAS>;
+  constexpr auto kernel = moe_gemv_kernel<T, GATE_UP, ROWS, UNROLL, MIN_CTAS>;
   const int64_t items = static_cast<int64_t>(args.num_tiles) * (args.n_out / ROWS);
   const int64_t needed = (items + kGemvWarps - 1) / kGemvWarps;
-  const int ctas = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(resident_ctas(kernel, MIN_CTAS), needed)));
+  const int ctas = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(resident_ctas<kernel, MIN_CTAS>(), needed)));
   launch_pdl(kernel, dim3(ctas), dim3(kGemvWarps * 32), 0, stream, args);
 }
 }  // namespace

@@ -9,10 +9,10 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <atomic>
 #include <limits>
 
 #include "common/checks.h"
+#include "common/device_cache.h"
 #include "common/device_info.h"
 #include "common/dispatch.h"
 #include "common/pdl_launch.h"
@@ -21,18 +21,13 @@
 
 namespace {
 
+// Resident CTAs per SM of the current device (at least 1), cached per device; a failed query raises.
 template <typename T, bool kMasked>
-int blocks_per_sm(int device) {
-  constexpr int kMaxDevices = 64;
-  static std::atomic<int> cache[kMaxDevices];
-  if (device < 0 || device >= kMaxDevices) device = 0;
-  int n = cache[device].load(std::memory_order_relaxed);
-  if (n == 0) {
-    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, ferrum::argmax::argmax_rows_kernel<T, kMasked>,
-                                                                 ferrum::argmax::kThreads, 0));
-    n = std::max(n, 1);
-    cache[device].store(n, std::memory_order_relaxed);
-  }
+int blocks_per_sm() {
+  cudaError_t err = cudaSuccess;
+  const int n = ferrum::resident_blocks_per_sm<ferrum::argmax::argmax_rows_kernel<T, kMasked>, ferrum::argmax::kThreads>(
+      1, &err);
+  C10_CUDA_CHECK(err);
   return n;
 }
 
@@ -102,8 +97,8 @@ void greedy_argmax(at::Tensor& ids, const std::optional<at::Tensor>& values, con
     const int64_t min_chunk = ga::kThreads * kVec;
     int64_t num_chunks = chunk_bytes > 0 ? std::max<int64_t>(1, int64_t(V) * sizeof(scalar_t) / chunk_bytes) : 1;
     if (B < ferrum::sm_count(device)) {
-      const int64_t resident = int64_t(ferrum::sm_count(device)) * (mask != nullptr ? blocks_per_sm<scalar_t, true>(device)
-                                                                         : blocks_per_sm<scalar_t, false>(device));
+      const int64_t resident = int64_t(ferrum::sm_count(device)) * (mask != nullptr ? blocks_per_sm<scalar_t, true>()
+                                                                         : blocks_per_sm<scalar_t, false>());
       num_chunks = std::max(num_chunks, std::min<int64_t>(resident / B, (V + min_chunk - 1) / min_chunk));
     }
     int64_t chunk_elems = (V + num_chunks - 1) / num_chunks;
