@@ -13,9 +13,14 @@
 // Per CTA: Q [128, D] -> shared memory (cp.async); K/V stream through a
 // 2-stage (3 at head_dim 64) pipeline of 64-token tiles, block ids prefetched
 // one tile ahead. Loads (PrefillKv, one instantiation each):
-//   "vllm", and "nhd" at head_dim 96 / before sm_90 / without tensor maps: every
-//     thread issues 16-byte cp.async pieces (its tokens fixed across tiles, so it
-//     needs at most 2 block ids per tile); units past the range zero-filled.
+//   "vllm" on sm_90 (kKvVllmBulk, switch kVllmBulk; the decode kernel's scheme): a
+//     head's block is contiguous in the cache (K [D/8][bs][8], V [D][bs]), so lane j
+//     of warp 0 bulk-copies block j of a tile, D * bs * 2 bytes each of K and V, onto
+//     the tile's mbarrier; the tiles keep the cache's layout per block.
+//   "vllm" before sm_90 / with kVllmBulk off, and "nhd" at head_dim 96 / before sm_90 /
+//     without tensor maps: every thread issues 16-byte cp.async pieces (its tokens
+//     fixed across tiles, so it needs at most 2 block ids per tile); units past the
+//     range zero-filled.
 //   "nhd" on sm_90 with head_dim % 64 == 0 and the host's TMA maps
 //     (PrefillParams::k_map / v_map, as the decode kernel): lane j of warp 0 copies
 //     block j of a tile as D / 64 boxes of [bs tokens][64 dims] each of K and V
@@ -24,7 +29,10 @@
 //   K, V "nhd" cp.async: [D/8][64 tokens]                unit (t, c) at c * 64 + t
 //   K, V "nhd" tensor:   [D/64][64 tokens][8 chunks]     unit (t, c) at chunk (c % 8) ^ (t % 8)
 //                        of row (c / 8) * 64 + t (needs 1024-byte aligned tiles)
-//   K "vllm":            [D/8][64 tokens];  V "vllm": [8 token groups][D] (8 tokens of one dim)
+//   K "vllm" cp.async:   [D/8][64 tokens];  V "vllm" cp.async: [8 token groups][D] (8 tokens of one dim)
+//   K "vllm" bulk:       [64/bs blocks][D/8][bs]         unit = 8 dims of one token
+//   V "vllm" bulk:       [64/bs blocks][D][bs]           8 tokens of one dim per ldmatrix row; rows
+//                        bs * 2 bytes apart: 2-way bank conflicts at bs 16, 4-way at bs 32
 //   Q                    [D/8][128 rows]
 // Warps split
 // the rows: head_dim <= 128: 4 warps x 32 rows (two m16 tiles, so every K/V
