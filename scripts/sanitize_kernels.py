@@ -59,12 +59,15 @@ def attention():
         for tiled, mql, splits in ((True, 70, None), (False, None, 5)):
             ops.paged_attention_varlen(q, kc, vc, cu, sl, bt, 0.1, layout, tiled, max_q_len=mql, num_splits=splits,
                                        _prefill_path="new")
-    # chunked prefill, "nhd" at the head_dims of its tensor-map loads (sm_90), contexts ending mid-block
+    # chunked prefill at the head_dims / block sizes of its sm_90 copy paths ("nhd": tensor maps,
+    # "vllm": bulk copies of whole blocks), contexts ending mid-block
     q_lens = [100, 1, 70]
     cu = torch.tensor([0, 100, 101, 171], dtype=torch.int32, device="cuda")
-    for d, bs in ((64, 32), (128, 16), (256, 8)):
-        q, kc, vc, bt, sl = make_problem([301, 9, 70], 8, 2, d, bs, torch.bfloat16, "nhd", "cuda", q_rows=sum(q_lens))
-        ops.paged_attention_varlen(q, kc, vc, cu, sl, bt, 0.1, "nhd", True, max_q_len=100, _prefill_path="new")
+    for layout in ("nhd", "vllm"):
+        for d, bs in ((64, 32), (128, 16), (256, 8)) + (((96, 16),) if layout == "vllm" else ()):
+            q, kc, vc, bt, sl = make_problem([301, 9, 70], 8, 2, d, bs, torch.bfloat16, layout, "cuda",
+                                             q_rows=sum(q_lens))
+            ops.paged_attention_varlen(q, kc, vc, cu, sl, bt, 0.1, layout, True, max_q_len=100, _prefill_path="new")
 
 
 def sampling():

@@ -118,12 +118,6 @@ constexpr int attn_smem_bytes() {
          StageCfg<D>::kStages * 8;
 }
 
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-constexpr bool kBulkArch = true;
-#else
-constexpr bool kBulkArch = false;
-#endif
-
 // The sequence of packed query row `row`: the s with cu[s] <= row < cu[s + 1].
 __device__ __forceinline__ int find_seq(const int* cu, int num_seqs, int row) {
   int lo = 0, hi = num_seqs - 1;

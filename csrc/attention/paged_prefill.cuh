@@ -13,9 +13,14 @@
 // Per CTA: Q [128, D] -> shared memory (cp.async); K/V stream through a
 // 2-stage (3 at head_dim 64) pipeline of 64-token tiles, block ids prefetched
 // one tile ahead. Loads (PrefillKv, one instantiation each):
-//   "vllm", and "nhd" at head_dim 96 / before sm_90 / without tensor maps: every
-//     thread issues 16-byte cp.async pieces (its tokens fixed across tiles, so it
-//     needs at most 2 block ids per tile); units past the range zero-filled.
+//   "vllm" on sm_90 (kKvVllmBulk, switch kVllmBulk; the decode kernel's scheme): a
+//     head's block is contiguous in the cache (K [D/8][bs][8], V [D][bs]), so lane j
+//     of warp 0 bulk-copies block j of a tile, D * bs * 2 bytes each of K and V, onto
+//     the tile's mbarrier; the tiles keep the cache's layout per block.
+//   "vllm" before sm_90 / with kVllmBulk off, and "nhd" at head_dim 96 / before sm_90 /
+//     without tensor maps: every thread issues 16-byte cp.async pieces (its tokens
+//     fixed across tiles, so it needs at most 2 block ids per tile); units past the
+//     range zero-filled.
 //   "nhd" on sm_90 with head_dim % 64 == 0 and the host's TMA maps
 //     (PrefillParams::k_map / v_map, as the decode kernel): lane j of warp 0 copies
 //     block j of a tile as D / 64 boxes of [bs tokens][64 dims] each of K and V
@@ -24,7 +29,10 @@
 //   K, V "nhd" cp.async: [D/8][64 tokens]                unit (t, c) at c * 64 + t
 //   K, V "nhd" tensor:   [D/64][64 tokens][8 chunks]     unit (t, c) at chunk (c % 8) ^ (t % 8)
 //                        of row (c / 8) * 64 + t (needs 1024-byte aligned tiles)
-//   K "vllm":            [D/8][64 tokens];  V "vllm": [8 token groups][D] (8 tokens of one dim)
+//   K "vllm" cp.async:   [D/8][64 tokens];  V "vllm" cp.async: [8 token groups][D] (8 tokens of one dim)
+//   K "vllm" bulk:       [64/bs blocks][D/8][bs]         unit = 8 dims of one token
+//   V "vllm" bulk:       [64/bs blocks][D][bs]           8 tokens of one dim per ldmatrix row; rows
+//                        bs * 2 bytes apart: 2-way bank conflicts at bs 16, 4-way at bs 32
 //   Q                    [D/8][128 rows]
 // Warps split
 // the rows: head_dim <= 128: 4 warps x 32 rows (two m16 tiles, so every K/V
@@ -63,11 +71,15 @@ enum PrefillKv : int {
   kKvVllm = 0,    // "vllm" cache, cp.async
   kKvNhd = 1,     // "nhd" cache, cp.async
   kKvNhdTma = 2,  // "nhd" cache, TMA tensor maps (sm_90, head_dim % 64 == 0, PrefillParams::nhd_tma)
+  kKvVllmBulk = 3,  // "vllm" cache, bulk copies of whole blocks (sm_90; kKvVllm's cp.async path elsewhere)
 };
 
 // Host switch of the "nhd" tensor-map loads: false sends every "nhd" launch to the
 // cp.async instantiation (the path measured before them).
 constexpr bool kNhdTensorMaps = true;
+// Host switch of the "vllm" bulk copies: true launches kKvVllmBulk for every "vllm" call,
+// false kKvVllm (cp.async, the path measured before them). Only the chosen one is compiled.
+constexpr bool kVllmBulk = true;
 
 struct PrefillParams {
   // TMA maps of the "nhd" caches as [tokens][kv heads][D], boxes [bs][64] (valid when
@@ -131,8 +143,13 @@ __global__ void __launch_bounds__(PrefillCfg<D>::kThreads, PrefillCfg<D>::kMinBl
   constexpr int DN = D / 8;   // O n-tiles
   constexpr int CH = D / 8;   // 16-byte chunks per row
   constexpr int STAGES = Cfg::kStages;
-  constexpr bool vllm = KV == kKvVllm;
+  constexpr bool vllm_layout = KV == kKvVllm || KV == kKvVllmBulk;
+  // "vllm" through bulk copies of whole blocks: sm_90 device code only (kKvVllmBulk compiles
+  // to the cp.async path below sm_90, so the host may launch it anywhere).
+  constexpr bool vbulk = KV == kKvVllmBulk && kBulkArch;
+  constexpr bool vllm = vllm_layout && !vbulk;  // "vllm" through per-thread cp.async
   constexpr bool tma = KV == kKvNhdTma;  // "nhd" through the tensor maps
+  constexpr bool mbar = tma || vbulk;    // warp 0 issues the K/V copies; they complete on mbarriers
   constexpr int SB = Cfg::kStageElems * 2;  // bytes of one K (or V) stage tile
   static_assert(!tma || D % 64 == 0, "tensor-map loads need head_dim % 64 == 0");
 
@@ -140,7 +157,7 @@ __global__ void __launch_bounds__(PrefillCfg<D>::kThreads, PrefillCfg<D>::kMinBl
   T* sK = reinterpret_cast<T*>(smem_raw);
   T* sV = sK + STAGES * Cfg::kStageElems;
   T* sQ = sV + STAGES * Cfg::kStageElems;
-  const uint32_t bar0 = smem_addr(sQ + ROWS * D);  // STAGES mbarriers (tensor-map loads)
+  const uint32_t bar0 = smem_addr(sQ + ROWS * D);  // STAGES mbarriers (tensor-map / bulk loads)
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int kvh = blockIdx.y;
@@ -185,23 +202,23 @@ __global__ void __launch_bounds__(PrefillCfg<D>::kThreads, PrefillCfg<D>::kMinBl
   const int* bt = p.block_tables + static_cast<int64_t>(seq) * p.bt_stride;
   const T* kc = static_cast<const T*>(p.k_cache);
   const T* vc = static_cast<const T*>(p.v_cache);
-  const int64_t head_off = vllm ? static_cast<int64_t>(kvh) * D * bs : static_cast<int64_t>(kvh) * D;
+  const int64_t head_off = vllm_layout ? static_cast<int64_t>(kvh) * D * bs : static_cast<int64_t>(kvh) * D;
   const int64_t tok_stride = static_cast<int64_t>(p.num_kv_heads) * D;  // "nhd": elements between tokens
   // vllm: tok[0] = this thread's K token, tok[1] = its V 8-token group start.
   // nhd: tok[0], tok[1] = its two tokens (NT = 128) or one token twice (NT = 256).
-  // tma: tok[0] = the first token of block `lane` of a stage (warp 0 only loads).
+  // tma / vbulk: tok[0] = the first token of block `lane` of a stage (warp 0 only loads).
   int tok[2];
   if constexpr (vllm) {
     tok[0] = tid & (N - 1);
     tok[1] = ((tid >> 3) & 7) * 8;
-  } else if constexpr (tma) {
+  } else if constexpr (mbar) {
     tok[0] = tok[1] = lane << lbs;
   } else {
     tok[0] = (tid & 7) + 8 * (tid >> 5);
     tok[1] = NT == 128 ? tok[0] + 32 : tok[0];
   }
   auto load_bids = [&](int s, int (&b)[2]) {
-    if constexpr (tma) {
+    if constexpr (mbar) {
       const int t = s * N + tok[0];
       b[0] = b[1] = (warp == 0 && s < n_tiles && tok[0] < N && t < kv_end) ? __ldg(bt + (t >> lbs)) : 0;
     } else {
@@ -213,7 +230,7 @@ __global__ void __launch_bounds__(PrefillCfg<D>::kThreads, PrefillCfg<D>::kMinBl
     }
   };
 
-  if constexpr (tma) {
+  if constexpr (mbar) {
     if (tid == 0) {
 #pragma unroll
       for (int b = 0; b < STAGES; ++b) mbar_init(bar0 + b * 8, 1);
@@ -226,12 +243,16 @@ __global__ void __launch_bounds__(PrefillCfg<D>::kThreads, PrefillCfg<D>::kMinBl
     const int buf = s % STAGES;
     const int valid = kv_end - s * N;  // keys of this stage in range
     const uint32_t dK = sK0 + buf * SB, dV = sV0 + buf * SB;
-    if constexpr (tma) {
+    if constexpr (mbar) {
       // Warp 0 (block-uniform caller): lane j copies block j of the stage, K and V, if it
-      // holds a key of the range: D / 64 boxes of [bs tokens][64 dims] each, landing as
-      // 128-byte rows (token t of the stage, dims h * 64.. at row h * 64 + t), 128-byte
-      // swizzled; lane 0 announces the bytes on the stage's mbarrier. Tokens of a copied
-      // block past the range arrive too (masked in S; V zeroed before P V).
+      // holds a key of the range; lane 0 announces the bytes (bs x D x 2 each) on the
+      // stage's mbarrier. Tokens of a copied block past the range arrive too (masked in S;
+      // V zeroed before P V).
+      //   tma:   D / 64 boxes of [bs tokens][64 dims] each, landing as 128-byte rows (token t
+      //          of the stage, dims h * 64.. at row h * 64 + t), 128-byte swizzled.
+      //   vbulk: the head's block is contiguous in the cache (K [D/8][bs][8], V [D][bs]):
+      //          one bulk copy each, to byte lane * D * bs * 2 of the stage tile, which so
+      //          keeps the cache's layout per block (K [64/bs][D/8][bs] units, V [64/bs][D][bs]).
       if (warp != 0) return;
       const uint32_t bar = bar0 + buf * 8;
       const bool mine = tok[0] < min(valid, N);
@@ -242,12 +263,20 @@ __global__ void __launch_bounds__(PrefillCfg<D>::kThreads, PrefillCfg<D>::kMinBl
       if (lane == 0) mbar_arrive_expect_tx(bar, static_cast<uint32_t>(n) * bs * D * 2 * 2);
       __syncwarp();
       if (mine) {
-        const int t0 = b[0] << lbs;  // the block's first token row (the host checked tokens < 2^31)
+        if constexpr (tma) {
+          const int t0 = b[0] << lbs;  // the block's first token row (the host checked tokens < 2^31)
 #pragma unroll
-        for (int h = 0; h < D / 64; ++h) {
-          const uint32_t off = (h * N + tok[0]) * 128;
-          tma_load_3d(dK + off, &p.k_map, h * 64, kvh, t0, bar);
-          tma_load_3d(dV + off, &p.v_map, h * 64, kvh, t0, bar);
+          for (int h = 0; h < D / 64; ++h) {
+            const uint32_t off = (h * N + tok[0]) * 128;
+            tma_load_3d(dK + off, &p.k_map, h * 64, kvh, t0, bar);
+            tma_load_3d(dV + off, &p.v_map, h * 64, kvh, t0, bar);
+          }
+        } else {
+          // D * bs * 2: a multiple of 64 bytes (D % 32 == 0); cache rows 16-byte aligned (as cp.async needs)
+          const uint32_t bytes = static_cast<uint32_t>(D * 2) << lbs;
+          const int64_t bid = b[0];
+          bulk_copy_g2s(dK + lane * bytes, kc + bid * p.k_block_stride + head_off, bytes, bar);
+          bulk_copy_g2s(dV + lane * bytes, vc + bid * p.v_block_stride + head_off, bytes, bar);
         }
       }
     } else if constexpr (vllm) {
@@ -343,10 +372,23 @@ __global__ void __launch_bounds__(PrefillCfg<D>::kThreads, PrefillCfg<D>::kMinBl
   auto kv_unit = [&](int t, int c) -> uint32_t { return (((c >> 3) * N + t) * 8 + ((c & 7) ^ (t & 7))) * 16; };
   const uint32_t k_thr = tma ? kv_unit((mi >> 1) * 8 + li, mi & 1) : 0;  // token (mi >> 1) * 8 + li, chunk mi & 1
   const uint32_t v_thr = tma ? kv_unit((mi & 1) * 8 + li, mi >> 1) : 0;  // token (mi & 1) * 8 + li, chunk mi >> 1
+  // vbulk: per-block tiles. K unit (t, c) at ((t / bs) * D/8 + c) * bs + t % bs
+  // = tb(t, D/8) + c * bs, V element (t, d) at ((t / bs) * D + d) * bs + t % bs = tb(t, D) + d * bs,
+  // with tb(t, n) = t + (n - 1) * (t & -bs). The ldmatrix rows' tokens are t = u + w, u a
+  // multiple of 16 (the n-tile / k-chunk: warp-uniform), w < 16 (per thread), and for bs 8,
+  // 16, 32 (t & -bs) = (u & -bs) + (w & -bs): the addresses split into a per-thread constant
+  // (vb_k_thr, vb_v_thr) plus a warp-uniform part (tb(u, n), and kk or dp times bs * 32 bytes
+  // for K chunks 2 kk.. / V dims 16 dp..), which can stay in uniform registers.
+  const int neg_bs = -bs;
+  auto vb_tb = [&](int t, int n) { return t + (n - 1) * (t & neg_bs); };
+  const uint32_t vb_step = static_cast<uint32_t>(bs) * 32;
+  // K: tokens (mi >> 1) * 8 + li, chunk mi & 1; V: tokens (mi & 1) * 8.. (one row), dim (mi >> 1) * 8 + li
+  const uint32_t vb_k_thr = vbulk ? (vb_tb((mi >> 1) * 8 + li, CH) + ((mi & 1) << lbs)) * 16 : 0;
+  const uint32_t vb_v_thr = vbulk ? (vb_tb((mi & 1) * 8, D) + (((mi >> 1) * 8 + li) << lbs)) * 2 : 0;
 
   for (int s = 0; s < n_tiles; ++s) {
-    cp_async_wait<STAGES - 2>();  // tma: only Q's group is real (the K/V groups are empty)
-    if constexpr (tma) mbar_wait(bar0 + (s % STAGES) * 8, (s / STAGES) & 1);
+    cp_async_wait<STAGES - 2>();  // mbar: only Q's group is real (the K/V groups are empty)
+    if constexpr (mbar) mbar_wait(bar0 + (s % STAGES) * 8, (s / STAGES) & 1);
     __syncthreads();  // stage s (and Q) visible to all; everyone is done with stage s - 1's buffer
     {
       const int next = s + STAGES - 1;
@@ -372,6 +414,21 @@ __global__ void __launch_bounds__(PrefillCfg<D>::kThreads, PrefillCfg<D>::kMinBl
       uint4* v = reinterpret_cast<uint4*>(sV + buf * Cfg::kStageElems);
       for (int u = tid; u < Cfg::kStageElems / 8; u += NT)
         if (((u >> 3) & (N - 1)) >= valid) v[u] = make_uint4(0, 0, 0, 0);
+      __syncthreads();
+    } else if (vbulk && valid < N) {
+      // As tma (the last tile only), tile [64/bs blocks][D][bs]: 16-byte unit u holds tokens
+      // t..t+7 of one dim (bs >= 8), t = (block << lbs) + (u * 8) % bs; a unit that straddles
+      // the end (mid-block ranges) is zeroed from token `valid` on.
+      uint4* v = reinterpret_cast<uint4*>(sV + buf * Cfg::kStageElems);
+      for (int u = tid; u < Cfg::kStageElems / 8; u += NT) {
+        const int t = ((((u * 8) >> lbs) / D) << lbs) + ((u * 8) & (bs - 1));
+        if (t >= valid) {
+          v[u] = make_uint4(0, 0, 0, 0);
+        } else if (t + 8 > valid) {
+          T* x = reinterpret_cast<T*>(v + u);
+          for (int k = valid - t; k < 8; ++k) x[k] = from_float<T>(0.f);
+        }
+      }
       __syncthreads();
     }
     if constexpr (kQRegs) {
@@ -411,6 +468,8 @@ __global__ void __launch_bounds__(PrefillCfg<D>::kThreads, PrefillCfg<D>::kMinBl
         // tokens j * 16 + (mi >> 1) * 8 + li, chunk 2 * kk + (mi & 1)
         if constexpr (tma) {
           ldsm_x4(b, ((kbase + k_thr) ^ (((2 * kk) & 7) << 4)) + ((kk >> 2) * N + j * 16) * 128);
+        } else if constexpr (vbulk) {
+          ldsm_x4(b, (kbase + (vb_tb(j * 16, CH) * 16 + kk * vb_step)) + vb_k_thr);
         } else {
           ldsm_x4(b, kbase + ((2 * kk + (mi & 1)) * N + j * 16 + (mi >> 1) * 8 + li) * 16);
         }
@@ -485,6 +544,9 @@ __global__ void __launch_bounds__(PrefillCfg<D>::kThreads, PrefillCfg<D>::kMinBl
         if constexpr (vllm) {
           const int d = dp * 16 + (mi >> 1) * 8 + li, g = (t0 >> 3) + (mi & 1);
           ldsm_x4(b, vbase + (g * D + d) * 16);
+        } else if constexpr (vbulk) {
+          // 8 tokens of one dim per row, rows bs * 2 bytes apart: 2-way bank conflicts at bs 16, 4-way at 32
+          ldsm_x4(b, (vbase + (vb_tb(t0, D) * 2 + dp * vb_step)) + vb_v_thr);
         } else if constexpr (tma) {
           // tokens t0 + (mi & 1) * 8 + li, chunk 2 * dp + (mi >> 1)
           ldsm_x4_trans(b, ((vbase + v_thr) ^ (((2 * dp) & 7) << 4)) + ((dp >> 2) * N + t0) * 128);

@@ -18,14 +18,17 @@ void launch_prefill(const PrefillParams& p, int num_tiles, cudaStream_t stream) 
   constexpr int smem = prefill_smem_bytes<D>();
   // The tensor-map instantiation exists only where its boxes of 64 dims tile head_dim.
   constexpr bool kTmaD = D % 64 == 0;
-  auto* kernel = p.vllm_layout ? paged_prefill_kernel<T, D, kKvVllm> : paged_prefill_kernel<T, D, kKvNhd>;
+  // "vllm": one instantiation, chosen at compile time (kVllmBulk; kKvVllmBulk is the cp.async
+  // kernel below sm_90, so it serves every device).
+  constexpr PrefillKv kVllmKv = kVllmBulk ? kKvVllmBulk : kKvVllm;
+  auto* kernel = p.vllm_layout ? paged_prefill_kernel<T, D, kVllmKv> : paged_prefill_kernel<T, D, kKvNhd>;
   if constexpr (kTmaD) {
     if (kNhdTensorMaps && !p.vllm_layout && p.nhd_tma) kernel = paged_prefill_kernel<T, D, kKvNhdTma>;
   }
   int device = 0;
   C10_CUDA_CHECK(cudaGetDevice(&device));
   if (device < 0 || device >= kMaxDevices || !configured[device].load(std::memory_order_relaxed)) {
-    C10_CUDA_CHECK(cudaFuncSetAttribute(paged_prefill_kernel<T, D, kKvVllm>,
+    C10_CUDA_CHECK(cudaFuncSetAttribute(paged_prefill_kernel<T, D, kVllmKv>,
                                         cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     C10_CUDA_CHECK(cudaFuncSetAttribute(paged_prefill_kernel<T, D, kKvNhd>,
                                         cudaFuncAttributeMaxDynamicSharedMemorySize, smem));

@@ -15,6 +15,14 @@
 
 namespace ferrum {
 
+// Whether this compilation pass has the bulk copies (device code for sm_90+); kernels
+// take their other load path where it is false (and in the host pass).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+constexpr bool kBulkArch = true;
+#else
+constexpr bool kBulkArch = false;
+#endif
+
 __device__ __forceinline__ void mbar_init(uint32_t bar, int count) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");

@@ -292,20 +292,22 @@ def test_prefill_groups_and_block_sizes(group, block_size):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("head_dim", (64, 128, 256))
-@pytest.mark.parametrize("block_size", (8, 32))
-def test_prefill_nhd_block_sizes(head_dim, block_size):
-    """"nhd" at every head_dim of the tensor-map loads (sm_90: K/V copied as TMA boxes of
-    [block_size tokens][64 dims] into 128-byte-swizzled tiles) with blocks of 8 and 32 (16: in
-    test_prefill_matches_reference), 3 kv heads. The keys of a prefill tile end exactly on a 64-key
-    stage (ctx 64; 960), on a block boundary mid-stage (480: the stage's later blocks are not
-    copied, their stale V rows must be zeroed), and mid-block (862, 1001; 648 at block 32: the
-    NaN-poisoned tail slots arrive with the block); ~1000-key contexts take each stage's mbarrier
-    through many phases."""
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("head_dim", (64, 96, 128, 256))
+@pytest.mark.parametrize("block_size", (8, 16, 32))
+def test_prefill_block_sizes(layout, head_dim, block_size):
+    """Both layouts at every head_dim, blocks of 8, 16 and 32, 3 kv heads: the sm_90 copy paths.
+    "nhd" (head_dim 64 / 128 / 256; 96 keeps cp.async): K/V copied as TMA boxes of [block_size
+    tokens][64 dims] into 128-byte-swizzled tiles; "vllm" (every head_dim): each block of a head
+    bulk-copied whole (K [D/8][bs][8], V [D][bs]) into per-block tiles (kKvVllmBulk). The keys of a prefill tile (32 tokens x group 4) end exactly on a 64-key
+    stage (ctx 64; 512, 960), on a block boundary mid-stage (480: the stage's later blocks are not
+    copied, their stale V rows must be zeroed), and mid-block (862, 937, 1001; 648 at blocks 16 / 32:
+    the NaN-poisoned tail slots arrive with the block; "vllm" V then has an 8-token unit straddling
+    the end); ~1000-key contexts take each stage's mbarrier through many phases."""
     q_lens, ctx = [64, 1, 200, 130, 5, 96], [64, 777, 648, 960, 40, 1001]
-    args = _varlen_problem(q_lens, ctx, 12, 3, head_dim, block_size, torch.bfloat16, "nhd", "cuda",
+    args = _varlen_problem(q_lens, ctx, 12, 3, head_dim, block_size, torch.bfloat16, layout, "cuda",
                            seed=head_dim + block_size)
-    _check_paths(args, "nhd", f"nhd d{head_dim} bs{block_size}", max_q_len=200)
+    _check_paths(args, layout, f"{layout} d{head_dim} bs{block_size}", max_q_len=200)
 
 
 @pytest.mark.gpu
