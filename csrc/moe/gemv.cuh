@@ -41,7 +41,6 @@
 //     requested before the wait for h.
 #pragma once
 
-#include "common/bulk_copy.cuh"
 #include "common/cache_policy.cuh"
 #include "common/types.cuh"
 #include "moe/moe_common.cuh"
@@ -57,11 +56,10 @@ __device__ __forceinline__ float dot8(const Vec16<T>& x, const Vec16<T>& w, floa
 
 constexpr int kGemvWarps = 8;
 
-// Shared memory of one CTA: each warp's ring of SLOTS stages (WR rows x 32 * UNROLL 16-byte chunks),
-// then the rings' mbarriers (one per slot; used by the bulk copies).
+// Shared memory of one CTA: each warp's ring of SLOTS stages (WR rows x 32 * UNROLL 16-byte chunks).
 template <bool GATE_UP, int ROWS, int UNROLL, int SLOTS>
 constexpr int gemv_smem_bytes() {
-  return kGemvWarps * SLOTS * ((GATE_UP ? 2 * ROWS : ROWS) * 32 * UNROLL * 16 + 8);
+  return kGemvWarps * SLOTS * (GATE_UP ? 2 * ROWS : ROWS) * 32 * UNROLL * 16;
 }
 
 // Streaming GEMV over the tile list (file comment). Launch: kGemvWarps * 32 threads,
@@ -75,11 +73,10 @@ __global__ void __launch_bounds__(kGemvWarps * 32, 1) moe_gemv_kernel(const Gemm
   constexpr int kSlotChunks = WR * kStageChunks;
   static_assert(SLOTS >= 2, "a ring needs a slot to fill while one is read");
   extern __shared__ uint4 gemv_ring[];
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  // Slot i of a warp holds its WR row segments in order, [WR][kStageChunks] chunks; lane l reads (and
-  // with cp.async copies) chunks u * 32 + l of each row: consecutive lanes, consecutive 16 bytes.
-  uint4* const ring = gemv_ring + warp * SLOTS * kSlotChunks;
-  const uint32_t bars = smem_u32(gemv_ring + kGemvWarps * SLOTS * kSlotChunks) + warp * SLOTS * 8;
+  const int lane = threadIdx.x % 32;
+  // Lane l's chunks of slot i: chunk (r, u) at ring[i * kSlotChunks + (r * UNROLL + u) * 32]
+  // (consecutive lanes, consecutive 16 bytes: conflict-free).
+  uint4* const ring = gemv_ring + (threadIdx.x / 32) * SLOTS * kSlotChunks + lane;
   const int nwarps = gridDim.x * kGemvWarps;
   const int gw = blockIdx.x * kGemvWarps + threadIdx.x / 32;
   const int ncg = args.n_out / ROWS;                 // column groups per tile
@@ -158,43 +155,21 @@ __global__ void __launch_bounds__(kGemvWarps * 32, 1) moe_gemv_kernel(const Gemm
   advance(n_tile, n_cg);
   bool n_ok = in_range(n_tile);
   int n_exp = n_ok ? __ldg(args.block_expert + n_tile) : -1;
-  const L2Hint hint = l2_evict_first_if(true);  // weights are read once: stream them evict-first
-  if constexpr (kBulkArch) {
-    if (lane == 0) {
-      for (int i = 0; i < SLOTS; ++i) mbar_init(bars + i * 8, 1);
-      fence_mbar_init();
-    }
-    __syncwarp();
-  }
+  const uint64_t policy = l2_evict_first_policy();  // weights are read once: stream them evict-first
 
-  // Copies the load side's stage into its slot and steps the load side. sm_90: lanes r < WR each
-  // bulk-copy row segment r onto the slot's mbarrier (the caller has synchronised the warp after
-  // the slot's last reads); no copy where the tile has no expert (an arrival alone: nothing reads
-  // the slot). Else each lane cp.asyncs its chunks (zero-filled past k or without an expert) and
-  // commits a group, empty once the warp's items are issued, so that group q is always stage q.
+  // Copies the load side's stage into its slot (zero-filled past k or where the tile has no expert),
+  // steps the load side, and commits a cp.async group (empty once the warp's items are issued, so
+  // that group q is always stage q).
   auto issue = [&]() {
     if (l_ok) {
-      if constexpr (kBulkArch) {
-        const int c0 = l_s * kStageChunks;
-        const uint32_t bytes = min(kStageChunks, chunks - c0) * 16, bar = bars + l_slot * 8;
-        if (lane == 0) mbar_arrive_expect_tx(bar, l_w != nullptr ? WR * bytes : 0);
-        __syncwarp();
-        if (l_w != nullptr && lane < WR) {
-          fence_proxy_async_smem();  // the slot's previous reads (generic proxy) before the copy
-          bulk_copy_g2s(smem_u32(ring + l_slot * kSlotChunks + lane * kStageChunks), l_w + row_off(lane) + c0 * 8,
-                        bytes, bar, hint);
-        }
-      } else {
-        uint4* dst = ring + l_slot * kSlotChunks + lane;
+      uint4* dst = ring + l_slot * kSlotChunks;
 #pragma unroll
-        for (int u = 0; u < UNROLL; ++u) {
-          const int c = l_s * kStageChunks + u * 32 + lane;
-          const bool on = l_w != nullptr && c < chunks;
+      for (int u = 0; u < UNROLL; ++u) {
+        const int c = l_s * kStageChunks + u * 32 + lane;
+        const bool on = l_w != nullptr && c < chunks;
 #pragma unroll
-          for (int r = 0; r < WR; ++r) {
-            cp_async16_evict_first(dst + r * kStageChunks + u * 32, on ? l_w + row_off(r) + c * 8 : w_all, on,
-                                   hint.policy);
-          }
+        for (int r = 0; r < WR; ++r) {
+          cp_async16_evict_first(dst + (r * UNROLL + u) * 32, on ? l_w + row_off(r) + c * 8 : w_all, on, policy);
         }
       }
       l_slot = l_slot + 1 == SLOTS ? 0 : l_slot + 1;
@@ -211,7 +186,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, 1) moe_gemv_kernel(const Gemm
         }
       }
     }
-    if constexpr (!kBulkArch) cp_async_commit();
+    cp_async_commit();
   };
 
 #pragma unroll
@@ -226,7 +201,6 @@ __global__ void __launch_bounds__(kGemvWarps * 32, 1) moe_gemv_kernel(const Gemm
   // Compute side: walks the same items SLOTS - 1 stages behind the load side; the pair ids of its
   // next item (cn_*) are fetched one item ahead.
   int c_cg = gw - (gw / ncg) * ncg, c_s = 0, c_slot = 0, c_exp = first_exp;
-  uint32_t c_phase = 0;  // parity of the mbarrier phase that fills c_slot (flips when the ring wraps)
   int cn_tile = gw / ncg, cn_cg = c_cg;
   int c_pair[M], cn_pair[M];
 #pragma unroll
@@ -253,22 +227,17 @@ __global__ void __launch_bounds__(kGemvWarps * 32, 1) moe_gemv_kernel(const Gemm
         c_x[m] = a + (c_valid[m] ? c_pair[m] / args.a_row_div : 0) * args.a_stride;
       }
     }
-    if constexpr (kBulkArch) {
-      mbar_wait(bars + c_slot * 8, c_phase);
-      __syncwarp();  // every lane is done with the previous stage's slot, which issue() refills
-    } else {
-      cp_async_wait<SLOTS - 2>();  // each lane reads back only the chunks it copied: no barrier
-    }
-    issue();
+    cp_async_wait<SLOTS - 2>();  // stage in c_slot landed; each lane reads only the chunks it copied
+    issue();                     // into the slot the previous stage used
 
-    const uint4* src = ring + c_slot * kSlotChunks + lane;
+    const uint4* src = ring + c_slot * kSlotChunks;
 #pragma unroll
     for (int u = 0; u < UNROLL; ++u) {
       const int c = c_s * kStageChunks + u * 32 + lane;
       if (c >= chunks) continue;
       Vec16<T> w[WR];
 #pragma unroll
-      for (int r = 0; r < WR; ++r) *reinterpret_cast<uint4*>(&w[r]) = src[r * kStageChunks + u * 32];
+      for (int r = 0; r < WR; ++r) *reinterpret_cast<uint4*>(&w[r]) = src[(r * UNROLL + u) * 32];
 #pragma unroll
       for (int m = 0; m < M; ++m) {
         if (!c_valid[m]) continue;
@@ -278,10 +247,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, 1) moe_gemv_kernel(const Gemm
         for (int r = 0; r < WR; ++r) acc[m][r] = dot8(xv, w[r], acc[m][r]);
       }
     }
-    if (++c_slot == SLOTS) {
-      c_slot = 0;
-      c_phase ^= 1;
-    }
+    c_slot = c_slot + 1 == SLOTS ? 0 : c_slot + 1;
 
     if (++c_s == stages) {  // the item is complete: reduce, epilogue, reset, next item
 #pragma unroll
@@ -317,7 +283,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, 1) moe_gemv_kernel(const Gemm
       for (int m = 0; m < M; ++m) cn_pair[m] = cn_ok ? __ldg(args.sorted_ids + cn_tile * M + m) : 0;
     }
   }
-  if constexpr (!kBulkArch) cp_async_wait<0>();
+  cp_async_wait<0>();
 }
 
 }  // namespace ferrum::moe

@@ -30,40 +30,41 @@ int resident_ctas() {
   return sms * resident_blocks_per_sm<kKernel, kGemvWarps * 32, kSmemBytes>(1);
 }
 
-// gate_up: 1 column (its gate and up rows) per item; down: 2 columns per item, 3 chunks per lane and
-// row (K = I = 768: one 1.5 KiB segment per row). The deep ring (sm_90: bulk copies; 192 KiB per
-// CTA, one CTA per SM): gate_up stages of 8 chunks per lane and row (K = H = 2048: one 4 KiB segment
-// per row, 2 in flight per warp), down 8 slots. The shallow ring fits GPUs that give a CTA 99 KiB.
-template <bool GATE_UP, bool DEEP>
+// gate_up: 1 column (its gate and up rows) per item, stages of 4 chunks per lane and row (K = H =
+// 2048: 2 stages of 4 KiB); down: 2 columns per item, 3 chunks per row (K = I = 768: one 3 KiB
+// stage). The ring holds SLOTS stages per warp (gemv.cuh's napkin math).
+template <bool GATE_UP>
 struct GemvShape {
   static constexpr int kRows = GATE_UP ? 1 : 2;
-  static constexpr int kUnroll = GATE_UP ? (DEEP ? 8 : 4) : 3;
-  static constexpr int kSlots = DEEP ? (GATE_UP ? 3 : 8) : 3;
-  static constexpr int kSmem = gemv_smem_bytes<GATE_UP, kRows, kUnroll, kSlots>();
+  static constexpr int kUnroll = GATE_UP ? 4 : 3;
+  static constexpr int kDeepSlots = GATE_UP ? 6 : 8;  // 192 KiB per CTA: one CTA per SM (sm_90)
+  static constexpr int kShallowSlots = 3;             // 96 / 72 KiB: fits GPUs with 99 KiB per CTA
 };
 
-template <typename T, bool GATE_UP, bool DEEP>
+template <typename T, bool GATE_UP, int SLOTS>
 void launch_ring(const GemmArgs& args, cudaStream_t stream) {
-  using S = GemvShape<GATE_UP, DEEP>;
-  constexpr auto kernel = moe_gemv_kernel<T, GATE_UP, S::kRows, S::kUnroll, S::kSlots>;
+  using S = GemvShape<GATE_UP>;
+  constexpr int kSmem = gemv_smem_bytes<GATE_UP, S::kRows, S::kUnroll, SLOTS>();
+  constexpr auto kernel = moe_gemv_kernel<T, GATE_UP, S::kRows, S::kUnroll, SLOTS>;
   const int64_t items = static_cast<int64_t>(args.num_tiles) * (args.n_out / S::kRows);
   const int64_t needed = (items + kGemvWarps - 1) / kGemvWarps;
-  const int ctas = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(resident_ctas<kernel, S::kSmem>(), needed)));
-  launch_pdl(kernel, dim3(ctas), dim3(kGemvWarps * 32), S::kSmem, stream, args);
+  const int ctas = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(resident_ctas<kernel, kSmem>(), needed)));
+  launch_pdl(kernel, dim3(ctas), dim3(kGemvWarps * 32), kSmem, stream, args);
 }
 
 // The deep ring where the device grants a CTA its shared memory, else the shallow one.
 template <typename T, bool GATE_UP>
 void launch(const GemmArgs& args, cudaStream_t stream) {
+  using S = GemvShape<GATE_UP>;
   int device = 0, optin = 0;
   const bool deep = cudaGetDevice(&device) == cudaSuccess &&
                     try_device_attribute<cudaDevAttrMaxSharedMemoryPerBlockOptin>(device, &optin) == cudaSuccess &&
-                    optin >= GemvShape<GATE_UP, true>::kSmem;
+                    optin >= gemv_smem_bytes<GATE_UP, S::kRows, S::kUnroll, S::kDeepSlots>();
   (void)cudaGetLastError();  // a failed query leaves no sticky error: the shallow ring is launched
   if (deep) {
-    launch_ring<T, GATE_UP, true>(args, stream);
+    launch_ring<T, GATE_UP, S::kDeepSlots>(args, stream);
   } else {
-    launch_ring<T, GATE_UP, false>(args, stream);
+    launch_ring<T, GATE_UP, S::kShallowSlots>(args, stream);
   }
 }
 }  // namespace
