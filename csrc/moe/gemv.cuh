@@ -9,39 +9,36 @@
 // of the numbering and every warp gets the same number of them, +-1, whatever the routing; a warp
 // stops at its first item past num_padded. Launch shape from host values only (graph-safe).
 //
-// Per warp, a ring of SLOTS shared-memory stages filled by cp.async (UNROLL 16-byte chunks per lane
-// and weight row, i.e. 32 * UNROLL consecutive chunks of each row; an item has ceil(k / (256 *
-// UNROLL)) stages): the load side runs SLOTS - 1 stages ahead of the compute side, across item
-// boundaries, one cp.async group per stage. Each lane reads back only the chunks it copied itself,
-// so the ring needs no barrier, not even __syncwarp: the warps of a CTA never wait for each other.
-// The next item's expert id (load side) and pair ids (compute side) are fetched one item ahead, so
-// no index load sits between two stages. Activation rows (at most 4 per tile) are read through L1
-// at FMA time (all warps of a CTA mostly share a tile). Per item: fp32 accumulation per lane in
-// chunk order, warp-shuffle reduction, SiLU(gate) * up (gate_up), one store per column and valid
-// pair: the same arithmetic, in the same order, as the register-pipelined kernel it replaced.
+// Per warp, a software pipeline over stages (UNROLL 16-byte streaming loads per lane and weight row,
+// i.e. 32 * UNROLL consecutive 16-byte chunks of each row; an item has ceil(k / (256 * UNROLL))
+// stages): the loads of stage q + 1, which may belong to the next item, are issued before the FMAs of
+// stage q, in two register buffers (the loop is unrolled by two so the buffers never move). The next
+// item's expert id is fetched one item ahead and its pair ids when its first loads issue, so no
+// index load sits between two stages' weight loads. Activation rows (at most 4 per tile) are read
+// through L1 at FMA time (all warps of a CTA mostly share a tile). Per item: fp32 accumulation per
+// lane in chunk order, warp-shuffle reduction, SiLU(gate) * up (gate_up), one store per column and
+// valid pair: the same arithmetic, in the same order, as the one-shot kernel it replaced.
 //
 // Work before griddepcontrol.wait (PDL, common/pdl_launch.h), so DRAM streams while the previous kernel ends:
 // - gate_up, while moe_align runs (P <= 32): predicts its first item's expert from the router's ids
 //   (moe_align's layout, computed in-warp) and L2-prefetches that item's rows. A hint only.
 // - down reads the tile list of moe_align two launches back, final before gate_up passed its wait:
-//   it fills its whole ring (SLOTS - 1 stages) before it waits for h, so its weight stream starts in
-//   gate_up's tail.
+//   it issues its first stage into registers and L2-prefetches its next kGemvPrefetchItems items'
+//   rows before it waits for h, so its weight stream starts in gate_up's tail.
 //
 // Napkin math, Qwen3-30B-A3B at T = 1 (8 experts, H 2048, I 768, bf16, H100: 132 SMs, ~3 TB/s):
 //   weights 8 * 3 * 2048 * 768 * 2 B = 75.5 MB -> 25 us at 3.0 TB/s (gate_up 50.3 MB, down 25.2 MB);
-//   FLOPs negligible (2 per weight element and pair). At ~3 TB/s and ~1-2 us loaded DRAM latency,
-//   each SM needs 23-45 KB of loads in flight, more to ride out the tail.
-//   The register pipeline this replaced held one 4 KB stage per warp in flight (2 register
-//   buffers, 15 warps/SM by registers: <= 60 KB per SM) and streamed gate_up at ~1.8 TB/s.
-//   gate_up (ROWS 1, UNROLL 4, 6 slots): stage = 2 rows * 4 * 16 B * 32 lanes = 4 KB, 5 in flight
-//     per warp, 8 warps (one 192 KiB CTA) per SM -> 160 KB per SM. Items: 8 * 768 = 6144 over
-//     1056 warps: ~6 items (2 stages each) per warp.
-//   down (ROWS 2, UNROLL 3, 8 slots): stage = 2 rows * 3 * 16 B * 32 lanes = 3 KB (a whole 768-element
-//     row pair), 7 in flight per warp -> 168 KB per SM; 8 * 1024 items: ~8 per warp, nearly all
-//     requested before the wait for h.
+//   FLOPs negligible (2 per weight element and pair). At ~3 TB/s and ~1 us loaded DRAM latency, each
+//   SM needs >= 3 TB/s * 1 us / 132 = ~23 KB of loads in flight, more to ride out the tail.
+//   gate_up (ROWS 1, UNROLL 4): stage = 2 rows * 4 loads * 16 B * 32 lanes = 4 KB per warp, 1-2 stages
+//     in flight -> 4-8 KB per warp, 2 CTAs x 8 warps per SM -> 64-128 KB per SM. Items: 8 * 768 =
+//     6144 over 2112 warps: 2-3 items (8 KB each) per warp, 2 stages per item.
+//   down (ROWS 2, UNROLL 3): stage = 2 rows * 3 loads * 16 B * 32 lanes = 3 KB (a whole 768-element
+//     row pair), 3-6 KB in flight per warp, 16-24 warps per SM -> 48-144 KB per SM. Items: 8 * 1024.
+// The one-shot kernel kept each warp's loads in flight once (then reduce, exit, relaunch a CTA after
+// a dependent num_padded -> block_expert -> sorted_ids chain): ~55% of the time in flight, 1.6-1.85 TB/s.
 #pragma once
 
-#include "common/cache_policy.cuh"
 #include "common/types.cuh"
 #include "moe/moe_common.cuh"
 
@@ -56,27 +53,18 @@ __device__ __forceinline__ float dot8(const Vec16<T>& x, const Vec16<T>& w, floa
 
 constexpr int kGemvWarps = 8;
 
-// Shared memory of one CTA: each warp's ring of SLOTS stages (WR rows x 32 * UNROLL 16-byte chunks).
-template <bool GATE_UP, int ROWS, int UNROLL, int SLOTS>
-constexpr int gemv_smem_bytes() {
-  return kGemvWarps * SLOTS * (GATE_UP ? 2 * ROWS : ROWS) * 32 * UNROLL * 16;
-}
+// Items of a warp whose weights down L2-prefetches before its griddepcontrol.wait (after the first,
+// which it loads into registers).
+constexpr int kGemvPrefetchItems = 3;
 
-// Streaming GEMV over the tile list (file comment). Launch: kGemvWarps * 32 threads,
-// gemv_smem_bytes() of dynamic shared memory, any 1-D grid (moe_gemv.cu sizes it to be resident at
-// once); n_out % ROWS == 0, k % 64 == 0.
-template <typename T, bool GATE_UP, int ROWS, int UNROLL, int SLOTS>
-__global__ void __launch_bounds__(kGemvWarps * 32, 1) moe_gemv_kernel(const GemmArgs args) {
+// Streaming GEMV over the tile list (file comment). Launch: kGemvWarps * 32 threads, any 1-D grid
+// (moe_gemv.cu sizes it to be resident at once); n_out % ROWS == 0, k % 64 == 0.
+template <typename T, bool GATE_UP, int ROWS, int UNROLL, int MIN_CTAS>
+__global__ void __launch_bounds__(kGemvWarps * 32, MIN_CTAS) moe_gemv_kernel(const GemmArgs args) {
   constexpr int M = kGemvBlockM;
   constexpr int WR = GATE_UP ? 2 * ROWS : ROWS;  // weight rows per item
   constexpr int kStageChunks = 32 * UNROLL;      // 16-byte chunks per row and stage
-  constexpr int kSlotChunks = WR * kStageChunks;
-  static_assert(SLOTS >= 2, "a ring needs a slot to fill while one is read");
-  extern __shared__ uint4 gemv_ring[];
   const int lane = threadIdx.x % 32;
-  // Lane l's chunks of slot i: chunk (r, u) at ring[i * kSlotChunks + (r * UNROLL + u) * 32]
-  // (consecutive lanes, consecutive 16 bytes: conflict-free).
-  uint4* const ring = gemv_ring + (threadIdx.x / 32) * SLOTS * kSlotChunks + lane;
   const int nwarps = gridDim.x * kGemvWarps;
   const int gw = blockIdx.x * kGemvWarps + threadIdx.x / 32;
   const int ncg = args.n_out / ROWS;                 // column groups per tile
@@ -140,116 +128,126 @@ __global__ void __launch_bounds__(kGemvWarps * 32, 1) moe_gemv_kernel(const Gemm
     return (GATE_UP && r >= ROWS) ? up_off + static_cast<int64_t>(r - ROWS) * args.k
                                   : static_cast<int64_t>(r) * args.k;
   };
-  // Load side: item (l_tile, l_cg), stage l_s, weights l_w, writing ring slot l_slot; the item after
-  // it: (n_tile, n_cg), n_ok, its expert n_exp (fetched one item ahead, so no index load sits between
-  // two stages' copies).
-  int l_tile = gw / ncg, l_cg = gw - (gw / ncg) * ncg, l_s = 0, l_slot = 0;
+  auto issue = [&](Vec16<T> (&buf)[UNROLL][WR], const T* wb, int s) {
+#pragma unroll
+    for (int u = 0; u < UNROLL; ++u) {
+      const int c = s * kStageChunks + u * 32 + lane;
+      const bool on = wb != nullptr && c < chunks;
+#pragma unroll
+      for (int r = 0; r < WR; ++r) {
+        if (on) {
+          buf[u][r] = load_vec16_stream(wb + row_off(r) + c * 8);
+        } else {
+          *reinterpret_cast<uint4*>(&buf[u][r]) = make_uint4(0, 0, 0, 0);
+        }
+      }
+    }
+  };
+
+  // Load side: item (l_tile, l_cg), stage l_s, weights l_w, pair ids l_pair; the item after it:
+  // (n_tile, n_cg), n_ok, its expert n_exp (fetched one item ahead).
+  int l_tile = gw / ncg, l_cg = gw - (gw / ncg) * ncg, l_s = 0;
   if (!in_range(l_tile)) {
     if constexpr (!GATE_UP) pdl_wait();
     return;
   }
-  const int first_exp = __ldg(args.block_expert + l_tile);
-  const T* l_w = weight_base(first_exp, l_cg);
-  bool l_ok = true;
+  const T* l_w = weight_base(__ldg(args.block_expert + l_tile), l_cg);
+  int l_pair[M];
+#pragma unroll
+  for (int m = 0; m < M; ++m) l_pair[m] = __ldg(args.sorted_ids + l_tile * M + m);
   int n_tile = l_tile, n_cg = l_cg;
   advance(n_tile, n_cg);
   bool n_ok = in_range(n_tile);
   int n_exp = n_ok ? __ldg(args.block_expert + n_tile) : -1;
-  const uint64_t policy = l2_evict_first_policy();  // weights are read once: stream them evict-first
 
-  // Copies the load side's stage into its slot (zero-filled past k or where the tile has no expert),
-  // steps the load side, and commits a cp.async group (empty once the warp's items are issued, so
-  // that group q is always stage q).
-  auto issue = [&]() {
-    if (l_ok) {
-      uint4* dst = ring + l_slot * kSlotChunks;
-#pragma unroll
-      for (int u = 0; u < UNROLL; ++u) {
-        const int c = l_s * kStageChunks + u * 32 + lane;
-        const bool on = l_w != nullptr && c < chunks;
-#pragma unroll
-        for (int r = 0; r < WR; ++r) {
-          cp_async16_evict_first(dst + (r * UNROLL + u) * 32, on ? l_w + row_off(r) + c * 8 : w_all, on, policy);
-        }
-      }
-      l_slot = l_slot + 1 == SLOTS ? 0 : l_slot + 1;
-      if (++l_s == stages) {
-        l_s = 0;
-        l_ok = n_ok;
-        if (n_ok) {
-          l_tile = n_tile;
-          l_cg = n_cg;
-          l_w = weight_base(n_exp, l_cg);
-          advance(n_tile, n_cg);
-          n_ok = in_range(n_tile);
-          n_exp = n_ok ? __ldg(args.block_expert + n_tile) : -1;
-        }
-      }
-    }
-    cp_async_commit();
-  };
+  Vec16<T> buf0[UNROLL][WR], buf1[UNROLL][WR];
+  issue(buf0, l_w, 0);
 
-#pragma unroll
-  for (int q = 0; q < SLOTS - 1; ++q) issue();
   if constexpr (!GATE_UP) {
-    pdl_wait();  // h from gate_up, the launch just before; the copies above need only the tile list
+    // Before the wait (h is not ready yet): L2 prefetch of the next items' weight rows, 128-byte lines.
+    const int lines = args.k * static_cast<int>(sizeof(T)) / 128;  // per row
+    int p_tile = n_tile, p_cg = n_cg, p_exp = n_exp;
+    bool p_ok = n_ok;
+    for (int i = 0; i < kGemvPrefetchItems && p_ok; ++i) {
+      const T* pb = weight_base(p_exp, p_cg);
+      if (pb != nullptr) {
+        for (int idx = lane; idx < WR * lines; idx += 32) {
+          const int r = idx / lines;
+          prefetch_l2(pb + row_off(r) + (idx - r * lines) * (128 / static_cast<int>(sizeof(T))));
+        }
+      }
+      advance(p_tile, p_cg);
+      p_ok = in_range(p_tile);
+      p_exp = p_ok ? __ldg(args.block_expert + p_tile) : -1;
+    }
+    pdl_wait();  // h from gate_up, the launch just before
     pdl_launch_dependents();
   }
 
   const T* const a = static_cast<const T*>(args.a);
   T* const out = static_cast<T*>(args.out);
-  // Compute side: walks the same items SLOTS - 1 stages behind the load side; the pair ids of its
-  // next item (cn_*) are fetched one item ahead.
-  int c_cg = gw - (gw / ncg) * ncg, c_s = 0, c_slot = 0, c_exp = first_exp;
-  int cn_tile = gw / ncg, cn_cg = c_cg;
-  int c_pair[M], cn_pair[M];
-#pragma unroll
-  for (int m = 0; m < M; ++m) c_pair[m] = __ldg(args.sorted_ids + cn_tile * M + m);
-  advance(cn_tile, cn_cg);
-  bool cn_ok = in_range(cn_tile);
-  int cn_exp = cn_ok ? __ldg(args.block_expert + cn_tile) : -1;
-#pragma unroll
-  for (int m = 0; m < M; ++m) cn_pair[m] = cn_ok ? __ldg(args.sorted_ids + cn_tile * M + m) : 0;
-
+  // Compute side: the item of the stage in the current buffer.
+  int c_n0 = 0;
+  int c_pair[M];
   bool c_valid[M];
   const T* c_x[M];
   float acc[M][WR];
 #pragma unroll
-  for (int m = 0; m < M; ++m)
+  for (int m = 0; m < M; ++m) {
+    c_pair[m] = 0;
+    c_valid[m] = false;
+    c_x[m] = a;
 #pragma unroll
     for (int r = 0; r < WR; ++r) acc[m][r] = 0.f;
+  }
 
-  while (true) {
-    if (c_s == 0) {  // a new item on the compute side
+  // One pipeline step: issue the stage after the one in cur into nxt, then the FMAs of cur.
+  // Returns whether nxt holds a stage.
+  auto step = [&](Vec16<T> (&cur)[UNROLL][WR], Vec16<T> (&nxt)[UNROLL][WR]) -> bool {
+    const int cs = l_s;
+    if (cs == 0) {  // cur holds the first stage of an item: it becomes the compute side's item
+      const bool live = l_w != nullptr;
+      c_n0 = l_cg * ROWS;
 #pragma unroll
       for (int m = 0; m < M; ++m) {
-        c_valid[m] = c_exp >= 0 && c_pair[m] < args.num_pairs;
-        c_x[m] = a + (c_valid[m] ? c_pair[m] / args.a_row_div : 0) * args.a_stride;
+        c_pair[m] = l_pair[m];
+        c_valid[m] = live && l_pair[m] < args.num_pairs;
+        c_x[m] = a + (c_valid[m] ? l_pair[m] / args.a_row_div : 0) * args.a_stride;
       }
     }
-    cp_async_wait<SLOTS - 2>();  // stage in c_slot landed; each lane reads only the chunks it copied
-    issue();                     // into the slot the previous stage used
+    bool more = true;
+    if (++l_s == stages) {
+      l_s = 0;
+      if (n_ok) {
+        l_tile = n_tile;
+        l_cg = n_cg;
+        l_w = weight_base(n_exp, l_cg);
+#pragma unroll
+        for (int m = 0; m < M; ++m) l_pair[m] = __ldg(args.sorted_ids + l_tile * M + m);
+        advance(n_tile, n_cg);
+        n_ok = in_range(n_tile);
+        n_exp = n_ok ? __ldg(args.block_expert + n_tile) : -1;
+      } else {
+        more = false;
+      }
+    }
+    if (more) issue(nxt, l_w, l_s);
 
-    const uint4* src = ring + c_slot * kSlotChunks;
 #pragma unroll
     for (int u = 0; u < UNROLL; ++u) {
-      const int c = c_s * kStageChunks + u * 32 + lane;
+      const int c = cs * kStageChunks + u * 32 + lane;
       if (c >= chunks) continue;
-      Vec16<T> w[WR];
-#pragma unroll
-      for (int r = 0; r < WR; ++r) *reinterpret_cast<uint4*>(&w[r]) = src[(r * UNROLL + u) * 32];
 #pragma unroll
       for (int m = 0; m < M; ++m) {
         if (!c_valid[m]) continue;
         Vec16<T> xv;
         *reinterpret_cast<uint4*>(&xv) = __ldg(reinterpret_cast<const uint4*>(c_x[m] + c * 8));
 #pragma unroll
-        for (int r = 0; r < WR; ++r) acc[m][r] = dot8(xv, w[r], acc[m][r]);
+        for (int r = 0; r < WR; ++r) acc[m][r] = dot8(xv, cur[u][r], acc[m][r]);
       }
     }
-    c_slot = c_slot + 1 == SLOTS ? 0 : c_slot + 1;
 
-    if (++c_s == stages) {  // the item is complete: reduce, epilogue, reset, next item
+    if (cs == stages - 1) {  // the item is complete: reduce, epilogue, reset
 #pragma unroll
       for (int m = 0; m < M; ++m) {
         if (!c_valid[m]) continue;
@@ -258,7 +256,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, 1) moe_gemv_kernel(const Gemm
 #pragma unroll
           for (int off = 16; off > 0; off >>= 1) acc[m][r] += __shfl_xor_sync(0xffffffffu, acc[m][r], off);
         if (lane == 0) {
-          T* orow = out + static_cast<int64_t>(c_pair[m]) * args.n_out + c_cg * ROWS;
+          T* orow = out + static_cast<int64_t>(c_pair[m]) * args.n_out + c_n0;
 #pragma unroll
           for (int r = 0; r < ROWS; ++r) {
             const float v = GATE_UP ? silu_f(acc[m][r]) * acc[m][ROWS + r] : acc[m][r];
@@ -270,20 +268,12 @@ __global__ void __launch_bounds__(kGemvWarps * 32, 1) moe_gemv_kernel(const Gemm
       for (int m = 0; m < M; ++m)
 #pragma unroll
         for (int r = 0; r < WR; ++r) acc[m][r] = 0.f;
-      if (!cn_ok) break;
-      c_s = 0;
-      c_cg = cn_cg;
-      c_exp = cn_exp;
-#pragma unroll
-      for (int m = 0; m < M; ++m) c_pair[m] = cn_pair[m];
-      advance(cn_tile, cn_cg);
-      cn_ok = in_range(cn_tile);
-      cn_exp = cn_ok ? __ldg(args.block_expert + cn_tile) : -1;
-#pragma unroll
-      for (int m = 0; m < M; ++m) cn_pair[m] = cn_ok ? __ldg(args.sorted_ids + cn_tile * M + m) : 0;
     }
+    return more;
+  };
+
+  while (step(buf0, buf1) && step(buf1, buf0)) {
   }
-  cp_async_wait<0>();
 }
 
 }  // namespace ferrum::moe

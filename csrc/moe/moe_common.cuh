@@ -55,14 +55,6 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool pr
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(smem)), "l"(gmem),
                "r"(src_bytes));
 }
-// cp_async16 with an L2 cache-policy operand (common/cache_policy.cuh: l2_evict_first_policy). A
-// compiler barrier too: callers reuse a buffer they read just before without a __syncthreads.
-__device__ __forceinline__ void cp_async16_evict_first(void* smem, const void* gmem, bool pred, uint64_t policy) {
-  const int src_bytes = pred ? 16 : 0;
-  asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2, %3;\n" ::"r"(smem_u32(smem)),
-               "l"(gmem), "r"(src_bytes), "l"(policy)
-               : "memory");
-}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
