@@ -2,7 +2,6 @@
 //
 // Tier from the host-known token count T, pairs P = T * k and the caller's thresholds ("auto"):
 //   T < gemv_threshold            "gemv":    align -> weight-streaming GEMV x2 -> combine, block_m 4
-//                                            (no align at P <= 32: the GEMVs compute its layout)
 //   T < prefill_threshold         "small":   align -> mma.sync x2 (block_m 16, block_n 128) -> combine
 //   otherwise                     "prefill": P >= kSm90MinPairs on sm_90a builds and 9.x devices: the
 //                                            Hopper tier (CUTLASS grouped GEMMs, prefill_sm90.cu);
@@ -127,13 +126,9 @@ void fused_moe(at::Tensor& out, const at::Tensor& hidden, const at::Tensor& w13,
   at::Tensor h = at::empty({P, I}, hidden.options());
   at::Tensor y = at::empty({P, H}, hidden.options());
 
-  // Decode-sized GEMV launches compute moe_align's layout in every warp (moe/warp_align.cuh).
-  const bool self_align = t == Tier::kGemv && P <= ferrum::moe::kAlignWarpMaxPairs;
-  if (!self_align) {
-    ferrum::moe::launch_align(topk_ids.data_ptr<int>(), static_cast<int>(P), static_cast<int>(E),
-                              static_cast<int>(block_m), sorted_ids, block_expert, num_padded, align_ws, stream);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
+  ferrum::moe::launch_align(topk_ids.data_ptr<int>(), static_cast<int>(P), static_cast<int>(E),
+                            static_cast<int>(block_m), sorted_ids, block_expert, num_padded, align_ws, stream);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 
   ferrum::moe::GemmArgs args{};
   args.sorted_ids = sorted_ids;
@@ -143,7 +138,6 @@ void fused_moe(at::Tensor& out, const at::Tensor& hidden, const at::Tensor& w13,
   args.num_pairs = static_cast<int>(P);
   args.topk_ids = topk_ids.data_ptr<int>();
   args.num_experts = static_cast<int>(E);
-  args.self_align = self_align;
   auto run_gemm = [&](bool gate_up) {
     switch (t) {
       case Tier::kGemv: ferrum::moe::launch_gemv(args, gate_up, bf16, stream); break;

@@ -19,16 +19,12 @@
 // lane in chunk order, warp-shuffle reduction, SiLU(gate) * up (gate_up), one store per column and
 // valid pair: the same arithmetic, in the same order, as the one-shot kernel it replaced.
 //
-// The tile list: moe_align's (sorted_ids, block_expert, num_padded), or with args.self_align (at
-// most kAlignWarpMaxPairs pairs) the same layout computed by every warp from the router's ids
-// (moe/warp_align.cuh: a few shuffles per item), so fused_moe launches no moe_align at decode and
-// gate_up waits on the router directly.
-//
-// Work before griddepcontrol.wait (PDL, common/pdl_launch.h), so DRAM streams while the previous
-// kernel ends: down needs only the tile list (moe_align's, two launches back, or the router ids:
-// final before gate_up passed its wait), so it issues its first stage into registers and
-// L2-prefetches its next kGemvPrefetchItems items' rows before it waits for h, and its weight stream
-// starts in gate_up's tail.
+// Work before griddepcontrol.wait (PDL, common/pdl_launch.h), so DRAM streams while the previous kernel ends:
+// - gate_up, while moe_align runs (P <= 32): predicts its first item's expert from the router's ids
+//   (moe_align's layout, computed in-warp) and L2-prefetches that item's rows. A hint only.
+// - down reads the tile list of moe_align two launches back, final before gate_up passed its wait:
+//   it issues its first stage into registers and L2-prefetches its next kGemvPrefetchItems items'
+//   rows before it waits for h, so its weight stream starts in gate_up's tail.
 //
 // Napkin math, Qwen3-30B-A3B at T = 1 (8 experts, H 2048, I 768, bf16, H100: 132 SMs, ~3 TB/s):
 //   weights 8 * 3 * 2048 * 768 * 2 B = 75.5 MB -> 25 us at 3.0 TB/s (gate_up 50.3 MB, down 25.2 MB);
@@ -45,7 +41,6 @@
 
 #include "common/types.cuh"
 #include "moe/moe_common.cuh"
-#include "moe/warp_align.cuh"
 
 namespace ferrum::moe {
 
@@ -80,19 +75,41 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MIN_CTAS) moe_gemv_kernel(con
   const int64_t expert_elems = static_cast<int64_t>(GATE_UP ? 2 * args.n_out : args.n_out) * args.k;
   const int64_t up_off = static_cast<int64_t>(args.n_out) * args.k;  // gate row n -> up row n_out + n
   if constexpr (GATE_UP) {
-    pdl_wait();  // tile list (or router ids) and activations from the launches before (common/pdl_launch.h)
+    // Before the wait, while moe_align runs: predict this warp's first item's expert from the router's
+    // ids (final before moe_align passed its wait, common/pdl_launch.h) with moe_align's layout (experts
+    // ascending, each run padded to M; the one-warp moe_align's arithmetic) and L2-prefetch its weight
+    // rows. Only a hint: the tile list is read after the wait; a wrong guess costs bandwidth, not results.
+    if (args.topk_ids != nullptr && args.num_pairs <= 32) {
+      int e = lane < args.num_pairs ? __ldg(args.topk_ids + lane) : -1;
+      if (e < 0 || e >= args.num_experts) e = -1;
+      const unsigned peers = __match_any_sync(0xffffffffu, e);
+      const bool leader = e >= 0 && (peers & ((1u << lane) - 1u)) == 0;
+      const int padded = leader ? (__popc(peers) + M - 1) / M * M : 0;
+      int start = 0;
+      for (unsigned rest = __ballot_sync(0xffffffffu, leader); rest != 0; rest &= rest - 1) {
+        const int j = __ffs(rest) - 1;
+        const int ej = __shfl_sync(0xffffffffu, e, j);
+        const int pj = __shfl_sync(0xffffffffu, padded, j);
+        if (ej < e) start += pj;
+      }
+      const int tile = gw / ncg, cg = gw - (gw / ncg) * ncg;
+      const unsigned hit = __ballot_sync(0xffffffffu, leader && start <= tile * M && tile * M < start + padded);
+      if (hit != 0) {
+        const int expert = __shfl_sync(0xffffffffu, e, __ffs(hit) - 1);
+        const T* pb = w_all + expert * expert_elems + static_cast<int64_t>(cg) * ROWS * args.k;
+        const int lines = args.k * static_cast<int>(sizeof(T)) / 128;  // 128-byte lines per row
+        for (int idx = lane; idx < WR * lines; idx += 32) {
+          const int r = idx / lines;
+          const int64_t roff = r >= ROWS ? up_off + static_cast<int64_t>(r - ROWS) * args.k
+                                         : static_cast<int64_t>(r) * args.k;
+          prefetch_l2(pb + roff + (idx - r * lines) * (128 / static_cast<int>(sizeof(T))));
+        }
+      }
+    }
+    pdl_wait();  // tile list from moe_align, the launch just before (PDL launch, common/pdl_launch.h)
     pdl_launch_dependents();
   }
-  // The tile list: moe_align's, or (self_align) the same layout computed in this warp.
-  WarpAlign wa;
-  if (args.self_align) wa.init(args.topk_ids, args.num_pairs, args.num_experts, M);
-  auto tile_expert = [&](int tile) {
-    return args.self_align ? wa.tile_expert(tile, M) : __ldg(args.block_expert + tile);
-  };
-  auto tile_pair = [&](int tile, int m) {
-    return args.self_align ? wa.slot_pair(tile * M + m, args.num_pairs) : __ldg(args.sorted_ids + tile * M + m);
-  };
-  const int num_padded = args.self_align ? wa.total : __ldg(args.num_padded);
+  const int num_padded = __ldg(args.num_padded);
 
   auto in_range = [&](int tile) { return tile < args.num_tiles && tile * M < num_padded; };
   auto advance = [&](int& tile, int& cg) {
@@ -134,14 +151,14 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MIN_CTAS) moe_gemv_kernel(con
     if constexpr (!GATE_UP) pdl_wait();
     return;
   }
-  const T* l_w = weight_base(tile_expert(l_tile), l_cg);
+  const T* l_w = weight_base(__ldg(args.block_expert + l_tile), l_cg);
   int l_pair[M];
 #pragma unroll
-  for (int m = 0; m < M; ++m) l_pair[m] = tile_pair(l_tile, m);
+  for (int m = 0; m < M; ++m) l_pair[m] = __ldg(args.sorted_ids + l_tile * M + m);
   int n_tile = l_tile, n_cg = l_cg;
   advance(n_tile, n_cg);
   bool n_ok = in_range(n_tile);
-  int n_exp = n_ok ? tile_expert(n_tile) : -1;
+  int n_exp = n_ok ? __ldg(args.block_expert + n_tile) : -1;
 
   Vec16<T> buf0[UNROLL][WR], buf1[UNROLL][WR];
   issue(buf0, l_w, 0);
@@ -161,7 +178,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MIN_CTAS) moe_gemv_kernel(con
       }
       advance(p_tile, p_cg);
       p_ok = in_range(p_tile);
-      p_exp = p_ok ? tile_expert(p_tile) : -1;
+      p_exp = p_ok ? __ldg(args.block_expert + p_tile) : -1;
     }
     pdl_wait();  // h from gate_up, the launch just before
     pdl_launch_dependents();
@@ -206,10 +223,10 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MIN_CTAS) moe_gemv_kernel(con
         l_cg = n_cg;
         l_w = weight_base(n_exp, l_cg);
 #pragma unroll
-        for (int m = 0; m < M; ++m) l_pair[m] = tile_pair(l_tile, m);
+        for (int m = 0; m < M; ++m) l_pair[m] = __ldg(args.sorted_ids + l_tile * M + m);
         advance(n_tile, n_cg);
         n_ok = in_range(n_tile);
-        n_exp = n_ok ? tile_expert(n_tile) : -1;
+        n_exp = n_ok ? __ldg(args.block_expert + n_tile) : -1;
       } else {
         more = false;
       }

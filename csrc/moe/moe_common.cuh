@@ -15,8 +15,6 @@ namespace ferrum::moe {
 constexpr int kGemvBlockM = 4;
 // block_m of the small-M tensor-core tier.
 constexpr int kSmallBlockM = 16;
-// Most pairs whose moe_align layout one warp computes in registers (moe/warp_align.cuh).
-constexpr int kAlignWarpMaxPairs = 32;
 
 // One grouped GEMM over the tiles that moe_align produced:
 //   out[p, n] = sum_k a[row(p), k] * w[expert(tile), n, k]      (down)
@@ -35,12 +33,10 @@ struct GemmArgs {
   int k;
   int a_row_div;
   int num_pairs;
-  // Router ids [num_pairs] and E. With self_align (GEMV tier, num_pairs <= kAlignWarpMaxPairs) every
-  // warp computes moe_align's layout from them (moe/warp_align.cuh) and sorted_ids, block_expert and
-  // num_padded are not read: fused_moe then launches no moe_align.
+  // Router ids [num_pairs] and E, read only by the GEMV tier's gate_up as a prefetch hint before its
+  // PDL wait (gemv.cuh); may be null.
   const int* topk_ids;
   int num_experts;
-  bool self_align;
 };
 
 __device__ __forceinline__ float silu_f(float x) { return x / (1.f + expf(-x)); }

@@ -22,7 +22,6 @@
 
 #include "common/types.cuh"
 #include "moe/moe_common.cuh"
-#include "moe/warp_align.cuh"
 
 namespace ferrum::moe {
 
@@ -236,12 +235,16 @@ __global__ void moe_align_kernel(const int* __restrict__ ids, int num_pairs, int
   scatter_warp_pairs(ids, p_begin, p_end, num_experts, hist + warp * num_experts, start, sorted_ids);
 }
 
+
 // ---- One-warp moe_align (tiny T*k: decode) ---------------------------------------------------------
 //
-// Same output as moe_align_kernel for P <= kAlignWarpMaxPairs, any E: the layout of WarpAlign
-// (moe/warp_align.cuh; lane p = pair p, its rank among the lower lanes of its expert = its slot in
-// the run). No shared memory and no __syncthreads: at T = 1 (8 pairs) the 1024-thread kernel spent
-// its time zeroing and syncing.
+// Same output as moe_align_kernel for P <= kAlignWarpMaxPairs, any E: lane p holds pair p's expert;
+// __match_any_sync gives each expert's count and each pair's rank among the lower lanes (ascending p
+// inside an expert); an expert's first padded slot is the sum of the padded counts of the smaller
+// experts present (one shuffle pass over the present experts' leader lanes). No shared memory and no
+// __syncthreads: at T = 1 (8 pairs) the 1024-thread kernel spent its time zeroing and syncing.
+constexpr int kAlignWarpMaxPairs = 32;
+
 __global__ void __launch_bounds__(32) moe_align_warp_kernel(const int* __restrict__ ids, int num_pairs,
                                                             int num_experts, int block_m, int max_padded,
                                                             int max_tiles, int* __restrict__ sorted_ids,
@@ -250,16 +253,28 @@ __global__ void __launch_bounds__(32) moe_align_warp_kernel(const int* __restric
   pdl_wait();  // ids come from the router kernel launched just before (PDL launch, common/pdl_launch.h)
   pdl_launch_dependents();
   const int lane = threadIdx.x % 32;
-  WarpAlign a;
-  a.init(ids, num_pairs, num_experts, block_m);
+  int e = lane < num_pairs ? __ldg(ids + lane) : -1;
+  if (!valid_expert(e, num_experts)) e = -1;
+  const unsigned peers = __match_any_sync(0xffffffffu, e);
+  const unsigned lt_mask = (1u << lane) - 1u;
+  const bool leader = e >= 0 && (peers & lt_mask) == 0;  // lowest lane of its expert
+  const int padded = leader ? (__popc(peers) + block_m - 1) / block_m * block_m : 0;
+  int start = 0, total = 0;
+  for (unsigned rest = __ballot_sync(0xffffffffu, leader); rest != 0; rest &= rest - 1) {
+    const int j = __ffs(rest) - 1;
+    const int ej = __shfl_sync(0xffffffffu, e, j);
+    const int pj = __shfl_sync(0xffffffffu, padded, j);
+    if (ej < e) start += pj;
+    total += pj;
+  }
   for (int i = lane; i < max_padded; i += 32) sorted_ids[i] = num_pairs;  // sentinel
   __syncwarp();  // orders the sentinels before the scatter among the warp's threads
-  if (a.e >= 0) sorted_ids[a.start + __popc(a.peers & ((1u << lane) - 1u))] = lane;
-  if (a.leader) {
-    for (int t = a.start / block_m; t < (a.start + a.padded) / block_m; ++t) block_expert[t] = a.e;
+  if (e >= 0) sorted_ids[start + __popc(peers & lt_mask)] = lane;
+  if (leader) {
+    for (int t = start / block_m; t < (start + padded) / block_m; ++t) block_expert[t] = e;
   }
-  for (int t = a.total / block_m + lane; t < max_tiles; t += 32) block_expert[t] = -1;
-  if (lane == 0) num_padded[0] = a.total;
+  for (int t = total / block_m + lane; t < max_tiles; t += 32) block_expert[t] = -1;
+  if (lane == 0) num_padded[0] = total;
 }
 
 // ---- Multi-CTA moe_align (large T*k) ------------------------------------------------------------
