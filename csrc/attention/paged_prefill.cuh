@@ -34,9 +34,8 @@
 //   V "vllm" bulk:       [64/bs blocks][D][bs]           8 tokens of one dim per ldmatrix row; rows
 //                        bs * 2 bytes apart: 2-way bank conflicts at bs 16, 4-way at bs 32
 //   Q                    [D/8][128 rows]
-// Warps split
-// the rows: head_dim <= 128: 4 warps x 32 rows (two m16 tiles, so every K/V
-// fragment read by ldmatrix feeds two mma); head_dim 256: 8 warps x 16 rows.
+// Warps split the rows: head_dim <= 128: 4 warps x 32 rows (two m16 tiles, so
+// every K/V fragment read by ldmatrix feeds two mma); head_dim 256: 8 warps x 16 rows.
 //   S = Q K^T : mma.sync m16n8k16, A = Q (registers at D = 64, else ldmatrix), B = K (ldmatrix)
 //   online softmax on the fp32 accumulators (log2 domain, scale * log2 e folded in)
 //   O += P V  : A = P (accumulators rounded to T), B = V (ldmatrix; .trans for "nhd")
