@@ -48,13 +48,13 @@ def timeline(ctx: BenchContext, fn, runs: int = 30) -> None:
         print(f"  {name:48s} start {start:7.2f}  end {end:7.2f}  ({end - start:6.2f} us)")
 
 
-def decode_case(b: int, length: int, kvh: int):
+def decode_case(b: int, length: int, kvh: int, layout: str = "vllm"):
     gen = torch.Generator().manual_seed(0)
-    kc, vc, bt = _paged_cache(b, length, kvh, torch.bfloat16, "vllm", gen)
+    kc, vc, bt = _paged_cache(b, length, kvh, torch.bfloat16, layout, gen)
     q = torch.randn(b, HEADS, HEAD_DIM, device="cuda", dtype=torch.bfloat16)
     sl = torch.full((b,), length, dtype=torch.int32, device="cuda")
     out = torch.empty_like(q)
-    return lambda: ops.paged_attention_decode(q, kc, vc, bt, sl, HEAD_DIM**-0.5, "vllm", max_seq_len=length, out=out)
+    return lambda: ops.paged_attention_decode(q, kc, vc, bt, sl, HEAD_DIM**-0.5, layout, max_seq_len=length, out=out)
 
 
 _MOE_WEIGHTS = {}
@@ -89,6 +89,8 @@ CASES = {
     "read67MB": lambda: read_case(67_108_864),
     "decode_b1": lambda: decode_case(1, 32768, 4),
     "decode_b8": lambda: decode_case(8, 8192, 4),
+    "decode_b1_nhd": lambda: decode_case(1, 32768, 4, "nhd"),
+    "decode_b8_nhd": lambda: decode_case(8, 8192, 4, "nhd"),
     "moe_t1": lambda: moe_case(1),
     "moe_t4": lambda: moe_case(4),
     "moe_t16": lambda: moe_case(16),
