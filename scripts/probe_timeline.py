@@ -16,9 +16,10 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.bench_fused_moe import ours as moe_layer  # noqa: E402
-from benchmarks.bench_paged_decode import HEAD_DIM, HEADS, _paged_cache  # noqa: E402
+from benchmarks.bench_paged_decode import BLOCK, HEADS  # noqa: E402
 from benchmarks.harness import BenchContext  # noqa: E402
 from ferrum_ext import ops  # noqa: E402
+from ferrum_ext.testing import make_block_tables, make_cache  # noqa: E402
 
 
 def timeline(ctx: BenchContext, fn, runs: int = 30) -> None:
@@ -48,13 +49,15 @@ def timeline(ctx: BenchContext, fn, runs: int = 30) -> None:
         print(f"  {name:48s} start {start:7.2f}  end {end:7.2f}  ({end - start:6.2f} us)")
 
 
-def decode_case(b: int, length: int, kvh: int, layout: str = "vllm"):
+def decode_case(b: int, length: int, kvh: int, layout: str = "vllm", head_dim: int = 128):
     gen = torch.Generator().manual_seed(0)
-    kc, vc, bt = _paged_cache(b, length, kvh, torch.bfloat16, layout, gen)
-    q = torch.randn(b, HEADS, HEAD_DIM, device="cuda", dtype=torch.bfloat16)
+    nblk = length // BLOCK
+    kc, vc = make_cache(b * nblk, BLOCK, kvh, head_dim, torch.bfloat16, layout, "cuda")
+    bt = make_block_tables([length] * b, BLOCK, nblk, b * nblk, "cuda", gen)
+    q = torch.randn(b, HEADS, head_dim, device="cuda", dtype=torch.bfloat16)
     sl = torch.full((b,), length, dtype=torch.int32, device="cuda")
     out = torch.empty_like(q)
-    return lambda: ops.paged_attention_decode(q, kc, vc, bt, sl, HEAD_DIM**-0.5, layout, max_seq_len=length, out=out)
+    return lambda: ops.paged_attention_decode(q, kc, vc, bt, sl, head_dim**-0.5, layout, max_seq_len=length, out=out)
 
 
 _MOE_WEIGHTS = {}
@@ -91,6 +94,9 @@ CASES = {
     "decode_b8": lambda: decode_case(8, 8192, 4),
     "decode_b1_nhd": lambda: decode_case(1, 32768, 4, "nhd"),
     "decode_b8_nhd": lambda: decode_case(8, 8192, 4, "nhd"),
+    # head_dim 64: "nhd" copies one tensor box per block of K and of V, as many ops as "vllm"
+    "decode_b1_h64": lambda: decode_case(1, 65536, 4, "vllm", 64),
+    "decode_b1_h64_nhd": lambda: decode_case(1, 65536, 4, "nhd", 64),
     "moe_t1": lambda: moe_case(1),
     "moe_t4": lambda: moe_case(4),
     "moe_t16": lambda: moe_case(16),
