@@ -6,7 +6,7 @@
 
 #include "attention/paged_attention.cuh"
 #include "attention/paged_attention_launch.h"
-#include "common/device_cache.h"
+#include "common/device_info.h"
 #include "common/pdl_launch.h"
 
 namespace ferrum::attn {
@@ -16,11 +16,7 @@ namespace ferrum::attn {
 // to attn_smem_bytes<D, MT>(), which launch_attention relies on. A failed query raises.
 template <typename T, int D, int MT, bool kVllm>
 int ctas_per_sm() {
-  cudaError_t err = cudaSuccess;
-  const int n = resident_blocks_per_sm<paged_attention_kernel<T, D, MT, kVllm>, kThreads, attn_smem_bytes<D, MT>()>(
-      1, &err);
-  C10_CUDA_CHECK(err);
-  return n;
+  return resident_blocks<paged_attention_kernel<T, D, MT, kVllm>, kThreads, attn_smem_bytes<D, MT>()>();
 }
 
 template <typename T, int D, int MT>

@@ -12,7 +12,6 @@
 #include <limits>
 
 #include "common/checks.h"
-#include "common/device_cache.h"
 #include "common/device_info.h"
 #include "common/dispatch.h"
 #include "common/pdl_launch.h"
@@ -24,11 +23,7 @@ namespace {
 // Resident CTAs per SM of the current device (at least 1), cached per device; a failed query raises.
 template <typename T, bool kMasked>
 int blocks_per_sm() {
-  cudaError_t err = cudaSuccess;
-  const int n = ferrum::resident_blocks_per_sm<ferrum::argmax::argmax_rows_kernel<T, kMasked>, ferrum::argmax::kThreads>(
-      1, &err);
-  C10_CUDA_CHECK(err);
-  return n;
+  return ferrum::resident_blocks<ferrum::argmax::argmax_rows_kernel<T, kMasked>, ferrum::argmax::kThreads>();
 }
 
 void check_args(const at::Tensor& ids, const std::optional<at::Tensor>& values, const at::Tensor& logits,
