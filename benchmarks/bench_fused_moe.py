@@ -8,8 +8,11 @@ Decode-sized T is weight-bandwidth-bound (rate: GB/s against the read ceiling); 
 tensor-core-bound (rate: TFLOP/s against the bf16 matmul ceiling). Both rates are printed for every T
 (`variant` says which the row's pct_ceiling uses).
 
-Variants: "eager" (Python wrappers, launches included), "graph" (the same step captured in a CUDA
-graph and replayed: the launch-free number a captured decode step sees); on Hopper, for T >= 256, also
+Ours runs w13 in the gate/up-interleaved layout the models load (ops.interleave_gate_up), where the
+Hopper prefill tier fuses SiLU·mul into its gate_up GEMM. Variants: "eager" (Python wrappers,
+launches included), "graph" (the same step captured in a CUDA graph and replayed: the launch-free
+number a captured decode step sees), "graph ..., w13 hf order" (w13 as Hugging Face stores it, the
+other accepted layout); on Hopper, for T >= 256, also
 "graph ..., tier prefill_mma" and "..., tier prefill_sm90" (both prefill tiers forced: "auto" takes the CUTLASS
 tier from T*k >= ops.moe.MOE_SM90_MIN_PAIRS). Baseline, timed in the same
 run: a PyTorch pipeline (softmax / top-k, argsort, torch._grouped_mm for both GEMMs, index_add
@@ -64,9 +67,9 @@ def torch_moe_loop(x, logits, w13, w2, top_k):
     return out.to(x.dtype)
 
 
-def ours(x, logits, w13, w2, top_k, out, tier=None):
+def ours(x, logits, w13, w2, top_k, out, tier=None, interleaved=True):
     w, ids = ops.moe_route(logits, top_k, True)
-    return ops.fused_moe(x, w13, w2, w, ids, out=out, tier=tier)
+    return ops.fused_moe(x, w13, w2, w, ids, out=out, tier=tier, w13_interleaved=interleaved)
 
 
 def _short_name(name: str) -> str:
@@ -127,7 +130,8 @@ def run(ctx):
     dtype = torch.bfloat16
     for model, num_tokens in CASES:
         E, k, H, I = model["E"], model["k"], model["H"], model["I"]
-        w13 = torch.randn(E, 2 * I, H, device="cuda", dtype=dtype) / H**0.5
+        w13_hf = torch.randn(E, 2 * I, H, device="cuda", dtype=dtype) / H**0.5
+        w13 = ops.interleave_gate_up(w13_hf)
         w2 = torch.randn(E, H, I, device="cuda", dtype=dtype) / I**0.5
         sets = [(torch.randn(num_tokens, H, device="cuda", dtype=dtype),
                  torch.randn(num_tokens, E, device="cuda"),
@@ -140,6 +144,9 @@ def run(ctx):
         t_eager = ctx.time(lambda x, lg, o: ours(x, lg, w13, w2, k, o), sets)
         graphs = _graphs(sets, lambda x, lg, o: ours(x, lg, w13, w2, k, o))
         t_graph = ctx.time(lambda g: g.replay(), graphs)
+        hf_graphs = _graphs(sets, lambda x, lg, o: ours(x, lg, w13_hf, w2, k, o, interleaved=False))
+        t_graph_hf = ctx.time(lambda g: g.replay(), hf_graphs)
+        del hf_graphs
         forced = []  # (tier, seconds): both prefill tiers forced, to check the auto threshold
         if num_tokens >= 256 and torch.cuda.get_device_capability()[0] == 9:
             # "auto" takes the Hopper tier from ops.moe.MOE_SM90_MIN_PAIRS pairs, mma.sync below.
@@ -158,16 +165,18 @@ def run(ctx):
                     line = f"unavailable ({type(exc).__name__}: {exc})"
                 print(f"fused_moe kernels, {case}, tier {tier}: {line}", flush=True)
         timings = [("graph", t_graph), ("eager", t_eager)]
-        t_base = ctx.time(lambda x, lg, o: baseline(x, lg, w13, w2, k), sets)
+        t_base = ctx.time(lambda x, lg, o: baseline(x, lg, w13_hf, w2, k), sets)
         for variant, t in timings:
             bw = ctx.row("fused_moe", case, dtype, t, bytes_moved=weight_bytes, baseline=t_base,
                          baseline_name=baseline_name, variant=f"{variant} GB/s")
             fl = ctx.row("fused_moe", case, dtype, t, flops=flops, baseline=t_base,
                          baseline_name=baseline_name, variant=f"{variant} TFLOP/s")
             rows += [bw, fl]
+        rows.append(ctx.row("fused_moe", case, dtype, t_graph_hf, bytes_moved=weight_bytes, baseline=t_base,
+                            baseline_name=baseline_name, variant="graph GB/s, w13 hf order"))
         for tier, t in forced:
             rows.append(ctx.row("fused_moe", case, dtype, t, flops=flops, baseline=t_base,
                                 baseline_name=baseline_name, variant=f"graph TFLOP/s, tier {tier}"))
-        del w13, w2, sets, graphs
+        del w13, w13_hf, w2, sets, graphs
         torch.cuda.empty_cache()
     return rows

@@ -41,4 +41,4 @@ void moe_align(at::Tensor& sorted_pair_ids, at::Tensor& block_expert_ids, at::Te
                const at::Tensor& topk_ids, int64_t num_experts, int64_t block_m);
 void fused_moe(at::Tensor& out, const at::Tensor& hidden, const at::Tensor& w13, const at::Tensor& w2,
                const at::Tensor& topk_weights, const at::Tensor& topk_ids, int64_t gemv_threshold,
-               int64_t prefill_threshold, c10::string_view tier);
+               int64_t prefill_threshold, c10::string_view tier, bool w13_interleaved);

@@ -40,9 +40,10 @@ TORCH_LIBRARY(ferrum_ext, m) {
   // Pairs p = t*k + j grouped by expert (ascending p inside), runs padded to block_m with the sentinel T*k.
   m.def("moe_align(Tensor! sorted_pair_ids, Tensor! block_expert_ids, Tensor! num_padded, Tensor topk_ids, "
         "int num_experts, int block_m) -> ()");
-  // out = sum_j w[t,j] * (silu(x W13g^T) * (x W13u^T)) W2^T of expert ids[t,j]; tier picked from T and thresholds.
+  // out = sum_j w[t,j] * (silu(x W13g^T) * (x W13u^T)) W2^T of expert ids[t,j]; tier picked from T and thresholds;
+  // w13's gate and up rows in Hugging Face order or interleaved by 8 (w13_interleaved, ops.interleave_gate_up).
   m.def("fused_moe(Tensor! out, Tensor hidden, Tensor w13, Tensor w2, Tensor topk_weights, Tensor topk_ids, "
-        "int gemv_threshold, int prefill_threshold, str tier) -> ()");
+        "int gemv_threshold, int prefill_threshold, str tier, bool w13_interleaved) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(ferrum_ext, CUDA, m) {

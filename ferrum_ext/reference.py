@@ -279,6 +279,21 @@ def moe_align(topk_ids: torch.Tensor, num_experts: int, block_m: int, *, out=Non
     return sorted_ids, block_expert, num_padded
 
 
+def interleave_gate_up(w13: torch.Tensor) -> torch.Tensor:
+    """w13 [E, 2I, H] with gate rows then up rows (Hugging Face) -> the same rows interleaved by 8:
+    gate 0..7, up 0..7, gate 8..15, up 8..15, ... (a new tensor; I must be a multiple of 8)."""
+    num_experts, two_inter, hidden_size = w13.shape
+    return (w13.reshape(num_experts, 2, two_inter // 16, 8, hidden_size).transpose(1, 2)
+            .reshape(num_experts, two_inter, hidden_size).contiguous())
+
+
+def deinterleave_gate_up(w13: torch.Tensor) -> torch.Tensor:
+    """The inverse of interleave_gate_up: back to gate rows then up rows."""
+    num_experts, two_inter, hidden_size = w13.shape
+    return (w13.reshape(num_experts, two_inter // 16, 2, 8, hidden_size).transpose(1, 2)
+            .reshape(num_experts, two_inter, hidden_size).contiguous())
+
+
 def _moe_expert(x32: torch.Tensor, w13_e: torch.Tensor, w2_e: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """One expert on fp32 rows x32 [n, H]: h = silu(gate) * up rounded to dtype, y = h @ w2^T rounded
     to dtype (where the kernels round), returned in fp32."""
@@ -290,9 +305,11 @@ def _moe_expert(x32: torch.Tensor, w13_e: torch.Tensor, w2_e: torch.Tensor, dtyp
 
 def fused_moe(hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor,
               topk_ids: torch.Tensor, *, gemv_threshold: int = 4, prefill_threshold: int = 32,
-              tier: str | None = None, out: torch.Tensor | None = None):
+              tier: str | None = None, w13_interleaved: bool = False, out: torch.Tensor | None = None):
     """Per-(token, expert) loop: out[t] = sum_j w[t, j] * expert_{ids[t, j]}(hidden[t]) in fp32, j in
     order, ids outside [0, E) skipped. The tier arguments do not change the result."""
+    if w13_interleaved:
+        w13 = deinterleave_gate_up(w13)
     num_tokens, hidden_size = hidden.shape
     num_experts, top_k = w13.shape[0], topk_ids.shape[1]
     ids = topk_ids.tolist()
@@ -310,8 +327,10 @@ def fused_moe(hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_we
 def fused_moe_grouped_reference(hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
                                 topk_weights: torch.Tensor, topk_ids: torch.Tensor, *, gemv_threshold: int = 4,
                                 prefill_threshold: int = 32, tier: str | None = None,
-                                out: torch.Tensor | None = None):
+                                w13_interleaved: bool = False, out: torch.Tensor | None = None):
     """The same function as fused_moe, grouped by expert (one matmul per expert hit): the fast oracle."""
+    if w13_interleaved:
+        w13 = deinterleave_gate_up(w13)
     num_tokens, hidden_size = hidden.shape
     num_experts, top_k = w13.shape[0], topk_ids.shape[1]
     ids = topk_ids.reshape(-1).to(torch.int64)

@@ -63,19 +63,20 @@ def decode_case(b: int, length: int, kvh: int, layout: str = "vllm", head_dim: i
 _MOE_WEIGHTS = {}
 
 
-def moe_case(t: int):
+def moe_case(t: int, tier: str | None = None):
+    """Qwen3-30B-A3B layer at T tokens, w13 interleaved (as the models and the benchmark run it)."""
     E, k, H, I = 128, 8, 2048, 768
     if not _MOE_WEIGHTS:
-        _MOE_WEIGHTS["w"] = (torch.randn(E, 2 * I, H, device="cuda", dtype=torch.bfloat16) / H**0.5,
-                             torch.randn(E, H, I, device="cuda", dtype=torch.bfloat16) / I**0.5)
+        w13 = torch.randn(E, 2 * I, H, device="cuda", dtype=torch.bfloat16) / H**0.5
+        _MOE_WEIGHTS["w"] = (ops.interleave_gate_up(w13), torch.randn(E, H, I, device="cuda", dtype=torch.bfloat16) / I**0.5)
     w13, w2 = _MOE_WEIGHTS["w"]
     x = torch.randn(t, H, device="cuda", dtype=torch.bfloat16)
     logits = torch.randn(t, E, device="cuda")
     out = torch.empty(t, H, device="cuda", dtype=torch.bfloat16)
-    moe_layer(x, logits, w13, w2, k, out)
+    moe_layer(x, logits, w13, w2, k, out, tier)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        moe_layer(x, logits, w13, w2, k, out)
+        moe_layer(x, logits, w13, w2, k, out, tier)
     return graph.replay
 
 
@@ -99,9 +100,13 @@ CASES = {
     "decode_b1_h64_nhd": lambda: decode_case(1, 65536, 4, "nhd", 64),
     "moe_t1": lambda: moe_case(1),
     "moe_t4": lambda: moe_case(4),
+    "moe_t4_gemv": lambda: moe_case(4, "gemv"),
+    "moe_t8_gemv": lambda: moe_case(8, "gemv"),
+    "moe_t8": lambda: moe_case(8),
     "moe_t16": lambda: moe_case(16),
     "moe_t64": lambda: moe_case(64),
     "moe_t1024": lambda: moe_case(1024),
+    "moe_t4096": lambda: moe_case(4096),
 }
 
 

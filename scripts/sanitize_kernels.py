@@ -90,10 +90,12 @@ def moe():
             w2 = torch.randn(16, 192, 128, device="cuda", dtype=dtype) * 0.05
             w, ids = ops.moe_route(torch.randn(tokens, 16, device="cuda"), 3, True)
             ids[::3, 1] = -1
+            w13i = ops.interleave_gate_up(w13)
             for tier in ("gemv", "small", "prefill", "prefill_mma", "prefill_sm90"):
                 if tier == "prefill_sm90" and torch.cuda.get_device_capability()[0] != 9:
                     continue
                 ops.fused_moe(x, w13, w2, w, ids, tier=tier)
+                ops.fused_moe(x, w13i, w2, w, ids, tier=tier, w13_interleaved=True)
             for block_m in (1, 16, 128):
                 ops.moe_align(ids, 16, block_m)
 

@@ -55,7 +55,7 @@ Tier pick_tier(int64_t num_tokens, int64_t gemv_threshold, int64_t prefill_thres
 
 void fused_moe(at::Tensor& out, const at::Tensor& hidden, const at::Tensor& w13, const at::Tensor& w2,
                const at::Tensor& topk_weights, const at::Tensor& topk_ids, int64_t gemv_threshold,
-               int64_t prefill_threshold, c10::string_view tier) {
+               int64_t prefill_threshold, c10::string_view tier, bool w13_interleaved) {
   FERRUM_CHECK_CUDA(hidden);
   for (const at::Tensor* t : std::initializer_list<const at::Tensor*>{&out, &w13, &w2, &topk_weights, &topk_ids}) {
     TORCH_CHECK(t->device() == hidden.device(), "fused_moe: every tensor must be on ", hidden.device(), ", got ",
@@ -103,7 +103,7 @@ void fused_moe(at::Tensor& out, const at::Tensor& hidden, const at::Tensor& w13,
   if (t == Tier::kPrefillSm90 || (t == Tier::kPrefill && P >= kSm90MinPairs &&
                                   ferrum::moe::prefill_sm90_supported(hidden.get_device()))) {
     const c10::cuda::OptionalCUDAGuard guard(hidden.device());
-    ferrum::moe::fused_moe_prefill_sm90(out, hidden, w13, w2, topk_weights, topk_ids,
+    ferrum::moe::fused_moe_prefill_sm90(out, hidden, w13, w2, topk_weights, topk_ids, w13_interleaved,
                                         c10::cuda::getCurrentCUDAStream());
     return;
   }
@@ -138,6 +138,7 @@ void fused_moe(at::Tensor& out, const at::Tensor& hidden, const at::Tensor& w13,
   args.num_pairs = static_cast<int>(P);
   args.topk_ids = topk_ids.data_ptr<int>();
   args.num_experts = static_cast<int>(E);
+  args.gate_up_interleaved = w13_interleaved;
   auto run_gemm = [&](bool gate_up) {
     switch (t) {
       case Tier::kGemv: ferrum::moe::launch_gemv(args, gate_up, bf16, stream); break;
@@ -155,7 +156,8 @@ void fused_moe(at::Tensor& out, const at::Tensor& hidden, const at::Tensor& w13,
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   };
 
-  // gate_up: h[p] = silu(x[p / k] @ w13[e, :I]^T) * (x[p / k] @ w13[e, I:]^T)
+  // gate_up: h[p] = silu(x[p / k] @ gate(w13[e])^T) * (x[p / k] @ up(w13[e])^T), gate/up rows in
+  // Hugging Face order or interleaved by 8 (w13_interleaved).
   args.a = hidden.data_ptr();
   args.a_stride = H;
   args.a_row_div = static_cast<int>(top_k);
@@ -166,6 +168,7 @@ void fused_moe(at::Tensor& out, const at::Tensor& hidden, const at::Tensor& w13,
   run_gemm(true);
 
   // down: y[p] = h[p] @ w2[e]^T
+  args.gate_up_interleaved = false;
   args.a = h.data_ptr();
   args.a_stride = I;
   args.a_row_div = 1;

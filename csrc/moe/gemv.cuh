@@ -2,7 +2,7 @@
 //
 // Work: tiles of kGemvBlockM (4) pairs of one expert, from moe_align. An item is (tile, column
 // group of ROWS output columns); its weights are WR = ROWS rows (down) or 2 * ROWS rows (gate_up: the
-// gate row n and the up row n_out + n of each column), k elements each. Items are numbered tile-major
+// gate and up rows of each column, moe_common.cuh gate_row / up_row), k elements each. Items are numbered tile-major
 // (column group fastest) and dealt round-robin to the warps of a grid sized to be resident at once
 // (SMs x occupancy, moe_gemv.cu): warp g takes items g, g + W, g + 2W, ... (W = warps in the grid).
 // The tiles in use (below num_padded) are a prefix of the tile list, so the items in use are a prefix
@@ -73,7 +73,13 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MIN_CTAS) moe_gemv_kernel(con
   const int stages = (chunks + kStageChunks - 1) / kStageChunks;
   const T* const w_all = static_cast<const T*>(args.w);
   const int64_t expert_elems = static_cast<int64_t>(GATE_UP ? 2 * args.n_out : args.n_out) * args.k;
-  const int64_t up_off = static_cast<int64_t>(args.n_out) * args.k;  // gate row n -> up row n_out + n
+  static_assert(!GATE_UP || 8 % ROWS == 0, "an item's gate rows must be consecutive in an interleaved w13");
+  const bool interleaved = GATE_UP && args.gate_up_interleaved;
+  // An item's first weight row (column group cg), and its up rows' distance from its gate rows.
+  auto group_off = [&](int cg) -> int64_t {
+    return static_cast<int64_t>(GATE_UP ? gate_row(cg * ROWS, interleaved) : cg * ROWS) * args.k;
+  };
+  const int64_t up_off = static_cast<int64_t>(up_row(0, args.n_out, interleaved) - gate_row(0, interleaved)) * args.k;
   if constexpr (GATE_UP) {
     // Before the wait, while moe_align runs: predict this warp's first item's expert from the router's
     // ids (final before moe_align passed its wait, common/pdl_launch.h) with moe_align's layout (experts
@@ -96,7 +102,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MIN_CTAS) moe_gemv_kernel(con
       const unsigned hit = __ballot_sync(0xffffffffu, leader && start <= tile * M && tile * M < start + padded);
       if (hit != 0) {
         const int expert = __shfl_sync(0xffffffffu, e, __ffs(hit) - 1);
-        const T* pb = w_all + expert * expert_elems + static_cast<int64_t>(cg) * ROWS * args.k;
+        const T* pb = w_all + expert * expert_elems + group_off(cg);
         const int lines = args.k * static_cast<int>(sizeof(T)) / 128;  // 128-byte lines per row
         for (int idx = lane; idx < WR * lines; idx += 32) {
           const int r = idx / lines;
@@ -122,7 +128,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MIN_CTAS) moe_gemv_kernel(con
   };
   // First weight row of an item (null where the tile has no expert: its loads and stores are off).
   auto weight_base = [&](int expert, int cg) -> const T* {
-    return expert >= 0 ? w_all + expert * expert_elems + static_cast<int64_t>(cg) * ROWS * args.k : nullptr;
+    return expert >= 0 ? w_all + expert * expert_elems + group_off(cg) : nullptr;
   };
   auto row_off = [&](int r) -> int64_t {
     return (GATE_UP && r >= ROWS) ? up_off + static_cast<int64_t>(r - ROWS) * args.k

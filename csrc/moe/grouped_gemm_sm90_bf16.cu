@@ -2,5 +2,5 @@
 #include "moe/grouped_gemm_sm90_impl.cuh"
 
 namespace ferrum::moe {
-FERRUM_MOE_SM90_DEFINE(bf16, cutlass::bfloat16_t)
+FERRUM_MOE_SM90_DEFINE(bf16, cutlass::bfloat16_t, false)
 }  // namespace ferrum::moe

@@ -2,5 +2,5 @@
 #include "moe/grouped_gemm_sm90_impl.cuh"
 
 namespace ferrum::moe {
-FERRUM_MOE_SM90_DEFINE(fp16, cutlass::half_t)
+FERRUM_MOE_SM90_DEFINE(fp16, cutlass::half_t, false)
 }  // namespace ferrum::moe

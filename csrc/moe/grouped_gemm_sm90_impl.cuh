@@ -3,12 +3,16 @@
 //
 //   d[r, :] = a[r, :] @ w[e]^T  for offsets[e] <= r < offsets[e + 1]
 //
+// or, with kSiluMul (the gate_up GEMM over a gate/up-interleaved w13, silu_mul_epilogue_sm90.cuh),
+// d[r, j] = silu(gate) * up of the two accumulators of output column j: d has n / 2 columns.
+//
 // A = expert-sorted activations [rows, k] (row-major, "RowMajor A"), B = w[e] [n, k] with k
 // contiguous ("ColumnMajor B", the TN GEMM), D [rows, n] row-major, no C (ElementC = void),
 // fp32 accumulators, D rounded once. Kernel: KernelPtrArrayTmaWarpSpecializedCooperative, tile
 // 128 x 256 x 64, cluster 1x1x1, as many stages as fit: one producer warp issues TMA loads (the
 // tensor maps of each group are rewritten on the device from its pointer, shape and stride),
-// two consumer warpgroups run wgmma 64x256x16 on their halves of the tile, TMA-store epilogue.
+// two consumer warpgroups run wgmma 64x256x16 on their halves of the tile, TMA-store epilogue
+// (kSiluMul: stores from registers, no epilogue shared memory).
 // Persistent: grid = SM count, tiles of all groups walked by a device-side scheduler that reads
 // the group shapes from device memory (no host copy of the sizes, so the launch is graph-safe).
 // Groups with 0 rows own 0 tiles. Rows past a group's end are zero-filled on load (TMA bounds of
@@ -35,6 +39,7 @@
 #include "moe/grouped_gemm_sm90.h"
 
 #if defined(FERRUM_SM90A_BUILT)
+#include "moe/silu_mul_epilogue_sm90.cuh"
 #include "cute/tensor.hpp"
 #include "cutlass/cutlass.h"
 #include "cutlass/epilogue/collective/collective_builder.hpp"
@@ -48,7 +53,7 @@
 
 namespace ferrum::moe::sm90 {
 
-template <typename Element>
+template <typename Element, bool kSiluMul>
 struct MoeGroupedGemm {
   using ElementAcc = float;
   static constexpr int kAlign = 16 / sizeof(Element);  // 16-byte TMA alignment, in elements
@@ -58,13 +63,17 @@ struct MoeGroupedGemm {
   using EpilogueSchedule = cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative;
   using ProblemShape = cutlass::gemm::GroupProblemShape<cute::Shape<int, int, int>>;  // (M, N, K) per group
 
-  using CollectiveEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
+  using StoreEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
       cutlass::epilogue::collective::EpilogueTileAuto, ElementAcc, ElementAcc,
       void, cutlass::layout::RowMajor*, kAlign,      // no C
       Element, cutlass::layout::RowMajor*, kAlign,   // D
       EpilogueSchedule,
       cutlass::epilogue::fusion::LinearCombination<Element, ElementAcc, void, ElementAcc>>::CollectiveOp;
+  using CollectiveEpilogue = cute::conditional_t<
+      kSiluMul, cutlass::epilogue::collective::detail::Sm90TmaWarpSpecializedAdapter<SiluMulEpilogueArray<Element>>,
+      StoreEpilogue>;
+  static constexpr int kDCols = kSiluMul ? 2 : 1;  // GEMM columns per column of d
 
   using CollectiveMainloop = typename cutlass::gemm::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp,
@@ -127,10 +136,11 @@ __global__ void moe_grouped_args_kernel(const Element* a, const Element* w, Elem
     shapes[e] = typename Cfg::Shape3(rows, n, k);
     ptr_a[e] = a + static_cast<int64_t>(begin) * k;
     ptr_b[e] = w + static_cast<int64_t>(e) * n * k;
-    ptr_d[e] = d + static_cast<int64_t>(begin) * n;
+    const int64_t ldd = n / Cfg::kDCols;
+    ptr_d[e] = d + begin * ldd;
     stride_a[e] = cute::make_stride(static_cast<int64_t>(k), cute::Int<1>{}, cute::Int<0>{});
     stride_b[e] = cute::make_stride(static_cast<int64_t>(k), cute::Int<1>{}, cute::Int<0>{});
-    stride_d[e] = cute::make_stride(static_cast<int64_t>(n), cute::Int<1>{}, cute::Int<0>{});
+    stride_d[e] = cute::make_stride(ldd, cute::Int<1>{}, cute::Int<0>{});
   }
 }
 
@@ -147,34 +157,42 @@ typename Cfg::Gemm::Arguments make_arguments(const GroupedGemmSm90Args& args, ch
       {args.num_experts, reinterpret_cast<typename Cfg::Shape3*>(at(s.shapes)), nullptr},
       {reinterpret_cast<const Element**>(at(s.ptr_a)), reinterpret_cast<typename Cfg::StrideA*>(at(s.stride_a)),
        reinterpret_cast<const Element**>(at(s.ptr_b)), reinterpret_cast<typename Cfg::StrideB*>(at(s.stride_b))},
-      {{}, nullptr, nullptr, reinterpret_cast<Element**>(at(s.ptr_d)),
-       reinterpret_cast<typename Cfg::StrideD*>(at(s.stride_d))},
+      {},
       hw_info};
-  auto& fusion = arguments.epilogue.thread;
-  fusion.alpha = 1.f;
-  fusion.beta = 0.f;
-  fusion.alpha_ptr = nullptr;
-  fusion.beta_ptr = nullptr;
-  fusion.alpha_ptr_array = nullptr;
-  fusion.beta_ptr_array = nullptr;
+  if constexpr (Cfg::kDCols == 2) {
+    arguments.epilogue.ptr_d = reinterpret_cast<Element**>(at(s.ptr_d));
+    arguments.epilogue.ldd = args.n / 2;
+  } else {
+    arguments.epilogue = {{}, nullptr, nullptr, reinterpret_cast<Element**>(at(s.ptr_d)),
+                          reinterpret_cast<typename Cfg::StrideD*>(at(s.stride_d))};
+    auto& fusion = arguments.epilogue.thread;
+    fusion.alpha = 1.f;
+    fusion.beta = 0.f;
+    fusion.alpha_ptr = nullptr;
+    fusion.beta_ptr = nullptr;
+    fusion.alpha_ptr_array = nullptr;
+    fusion.beta_ptr_array = nullptr;
+  }
   return arguments;
 }
 
-template <typename Element>
+template <typename Element, bool kSiluMul>
 size_t scratch_bytes(const GroupedGemmSm90Args& args) {
-  using Cfg = MoeGroupedGemm<Element>;
+  using Cfg = MoeGroupedGemm<Element, kSiluMul>;
   const ScratchLayout probe = scratch_layout<Cfg>(args.num_experts, 0);
   const auto arguments = make_arguments<Cfg, Element>(args, nullptr, probe);
   const size_t workspace = Cfg::Gemm::get_workspace_size(arguments);
   return scratch_layout<Cfg>(args.num_experts, workspace).total;
 }
 
-template <typename Element>
+template <typename Element, bool kSiluMul>
 const char* run(const GroupedGemmSm90Args& args, void* scratch, size_t scratch_bytes_given, cudaStream_t stream) {
-  using Cfg = MoeGroupedGemm<Element>;
+  using Cfg = MoeGroupedGemm<Element, kSiluMul>;
   using Gemm = typename Cfg::Gemm;
+  if (args.silu_mul != kSiluMul) return "grouped_gemm_sm90: silu_mul does not match the instantiation";
   if (args.num_experts <= 0) return nullptr;
   if (args.n % Cfg::kAlign != 0 || args.k % Cfg::kAlign != 0) return "grouped_gemm_sm90: n and k must be multiples of 8";
+  if (kSiluMul && args.n % 16 != 0) return "grouped_gemm_sm90: silu_mul needs n a multiple of 16 (gate/up blocks of 8)";
   const ScratchLayout probe = scratch_layout<Cfg>(args.num_experts, 0);
   const size_t workspace = Gemm::get_workspace_size(make_arguments<Cfg, Element>(args, nullptr, probe));
   const ScratchLayout s = scratch_layout<Cfg>(args.num_experts, workspace);
@@ -206,18 +224,18 @@ const char* run(const GroupedGemmSm90Args& args, void* scratch, size_t scratch_b
 
 }  // namespace ferrum::moe::sm90
 
-#define FERRUM_MOE_SM90_DEFINE(SUFFIX, ELEMENT)                                                           \
+#define FERRUM_MOE_SM90_DEFINE(SUFFIX, ELEMENT, SILU_MUL)                                                 \
   size_t grouped_gemm_sm90_scratch_bytes_##SUFFIX(const GroupedGemmSm90Args& args) {                    \
-    return sm90::scratch_bytes<ELEMENT>(args);                                                          \
+    return sm90::scratch_bytes<ELEMENT, SILU_MUL>(args);                                                \
   }                                                                                                     \
   const char* grouped_gemm_sm90_##SUFFIX(const GroupedGemmSm90Args& args, void* scratch, size_t bytes,  \
                                          cudaStream_t stream) {                                         \
-    return sm90::run<ELEMENT>(args, scratch, bytes, stream);                                            \
+    return sm90::run<ELEMENT, SILU_MUL>(args, scratch, bytes, stream);                                  \
   }
 
 #else  // !FERRUM_SM90A_BUILT: stubs, so builds without sm_90a still link.
 
-#define FERRUM_MOE_SM90_DEFINE(SUFFIX, ELEMENT)                                                           \
+#define FERRUM_MOE_SM90_DEFINE(SUFFIX, ELEMENT, SILU_MUL)                                                 \
   size_t grouped_gemm_sm90_scratch_bytes_##SUFFIX(const GroupedGemmSm90Args&) { return 0; }             \
   const char* grouped_gemm_sm90_##SUFFIX(const GroupedGemmSm90Args&, void*, size_t, cudaStream_t) {     \
     return "grouped_gemm_sm90: the extension was built without sm_90a (TORCH_CUDA_ARCH_LIST lacks 9.0a)"; \

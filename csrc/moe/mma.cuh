@@ -11,7 +11,8 @@
 // gate_up (w13 [E, 2I, H]): the CTA's BN weight rows are BN/2 gate rows and the
 // matching BN/2 up rows, interleaved by 8 (gate n..n+7, up n..n+7, ...), so each
 // thread holds gate and up accumulators of the same (row, column) in adjacent
-// n-fragments and the epilogue writes h = silu(gate) * up directly.
+// n-fragments and the epilogue writes h = silu(gate) * up directly. (A w13 stored
+// interleaved, args.gate_up_interleaved, is read as BN contiguous rows.)
 //
 // FLOPs: 2 * T * k * 3 * H * I; Qwen3-30B-A3B at T = 4096: 2 * 32768 * 3 * 2048 * 768 = 309 GFLOP.
 #pragma once
@@ -86,7 +87,7 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32, MIN_BLOCKS) moe_mma_ke
     if constexpr (GATE_UP) {
       const int sub = r % 16;
       const int col = nb * (BN / 2) + (r / 16) * 8 + (sub & 7);
-      n = sub < 8 ? col : args.n_out + col;
+      n = sub < 8 ? gate_row(col, args.gate_up_interleaved) : up_row(col, args.n_out, args.gate_up_interleaved);
       b_ok[i] = col < args.n_out;
     } else {
       n = nb * BN + r;

@@ -18,7 +18,7 @@ constexpr int kSmallBlockM = 16;
 
 // One grouped GEMM over the tiles that moe_align produced:
 //   out[p, n] = sum_k a[row(p), k] * w[expert(tile), n, k]      (down)
-//   out[p, n] = silu(g) * u with g, u the rows n and n_out + n   (gate_up)
+//   out[p, n] = silu(g) * u with g, u the rows gate_row(n) and up_row(n) of w (gate_up)
 // row(p) = p / a_row_div: the token of pair p (gate_up, a = hidden) or p itself (down, a = h).
 struct GemmArgs {
   const void* a;            // activations, rows of k elements, a_stride apart
@@ -37,7 +37,18 @@ struct GemmArgs {
   // PDL wait (gemv.cuh); may be null.
   const int* topk_ids;
   int num_experts;
+  bool gate_up_interleaved;  // w13's gate and up rows interleaved by 8 (gate_row / up_row)
 };
+
+// Rows of w13[e] ([2 * n_out, k]) holding the gate and the up weights of output column n: Hugging Face
+// order (gate rows 0 .. n_out - 1, then the up rows) or interleaved by 8 (ops.interleave_gate_up:
+// gate 8g .. 8g+7, up 8g .. 8g+7, gate 8g+8 .. 8g+15, ...; what the Hopper tier's fused epilogue needs).
+__host__ __device__ __forceinline__ int gate_row(int n, bool interleaved) {
+  return interleaved ? (n >> 3) * 16 + (n & 7) : n;
+}
+__host__ __device__ __forceinline__ int up_row(int n, int n_out, bool interleaved) {
+  return interleaved ? gate_row(n, true) + 8 : n_out + n;
+}
 
 __device__ __forceinline__ float silu_f(float x) { return x / (1.f + expf(-x)); }
 

@@ -6,15 +6,17 @@
 //   -> grouped GEMM gu = xs @ w13[e]^T   (CUTLASS, TMA + wgmma)         [P, 2I]
 //   -> h = silu(gu[:, :I]) * gu[:, I:]                                   [P, I]
 //   -> grouped GEMM ys = h @ w2[e]^T     (ys reuses the xs buffer)       [P, H]
+// With w13 interleaved (interleave_gate_up) the first GEMM's epilogue writes h itself
+// (silu_mul_epilogue_sm90.cuh): no gu buffer, no silu pass.
 //   -> combine out[t] = sum_j w[t, j] * ys[inv[t*k + j]]
 //
 // P = T * k. Sizes of every launch come from (T, k, E, H, I) alone; the per-expert row counts
 // stay on the device (grouped GEMM shapes are written there by a kernel), so the step is
 // capturable in a CUDA graph and never syncs. Workspace from the caching allocator:
-// P*(H + 3I) activations + (3P + E + 2) int32 (+ the multi-CTA align's (CTAs + 3) * E at P >= 4096)
-// + two small GEMM scratch buffers.
-// Extra traffic against the mma.sync tier: the gather (P*H written) and the gu round trip
-// (P*2I written + read): ~0.3 GB at T = 4096 on Qwen3-30B-A3B, ~0.1 ms.
+// P*(H + 3I) activations (P*(H + I) interleaved) + (3P + E + 2) int32 (+ the multi-CTA align's
+// (CTAs + 3) * E at P >= 4096) + two small GEMM scratch buffers.
+// Extra traffic against the mma.sync tier: the gather (P*H written) and, unless w13 is interleaved,
+// the gu round trip (P*2I written + read): ~0.3 GB at T = 4096 on Qwen3-30B-A3B, ~0.1 ms.
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <ATen/ops/empty.h>
@@ -39,11 +41,18 @@ bool grouped_gemm_sm90_built() {
 }
 
 size_t grouped_gemm_sm90_scratch_bytes(const GroupedGemmSm90Args& args, bool dtype_bf16) {
+  if (args.silu_mul) {
+    return dtype_bf16 ? grouped_gemm_sm90_scratch_bytes_silu_bf16(args) : grouped_gemm_sm90_scratch_bytes_silu_fp16(args);
+  }
   return dtype_bf16 ? grouped_gemm_sm90_scratch_bytes_bf16(args) : grouped_gemm_sm90_scratch_bytes_fp16(args);
 }
 
 const char* grouped_gemm_sm90(const GroupedGemmSm90Args& args, bool dtype_bf16, void* scratch, size_t scratch_bytes,
                               cudaStream_t stream) {
+  if (args.silu_mul) {
+    return dtype_bf16 ? grouped_gemm_sm90_silu_bf16(args, scratch, scratch_bytes, stream)
+                      : grouped_gemm_sm90_silu_fp16(args, scratch, scratch_bytes, stream);
+  }
   return dtype_bf16 ? grouped_gemm_sm90_bf16(args, scratch, scratch_bytes, stream)
                     : grouped_gemm_sm90_fp16(args, scratch, scratch_bytes, stream);
 }
@@ -68,7 +77,8 @@ void run_grouped_gemm(const GroupedGemmSm90Args& args, bool bf16, const at::Tens
 }  // namespace
 
 void fused_moe_prefill_sm90(at::Tensor& out, const at::Tensor& hidden, const at::Tensor& w13, const at::Tensor& w2,
-                            const at::Tensor& topk_weights, const at::Tensor& topk_ids, cudaStream_t stream) {
+                            const at::Tensor& topk_weights, const at::Tensor& topk_ids, bool w13_interleaved,
+                            cudaStream_t stream) {
   const int device = hidden.get_device();
   TORCH_CHECK(prefill_sm90_supported(device),
               "fused_moe: tier 'prefill_sm90' needs a compute capability 9.x GPU and an extension built for 9.0a "
@@ -92,7 +102,6 @@ void fused_moe_prefill_sm90(at::Tensor& out, const at::Tensor& hidden, const at:
   int* offsets = inv + P;
   int* align_ws = align_ws_ints > 0 ? offsets + E + 1 : nullptr;
   at::Tensor xs = at::empty({P, H}, hidden.options());  // gathered rows; later ys
-  at::Tensor gu = at::empty({P, 2 * I}, hidden.options());
   at::Tensor h = at::empty({P, I}, hidden.options());
 
   // block_m = 1: align_max_padded = align_max_tiles = P, no padding rows. Launched with PDL (it waits
@@ -131,20 +140,28 @@ void fused_moe_prefill_sm90(at::Tensor& out, const at::Tensor& hidden, const at:
   args.device = device;
   args.sm_count = ferrum::sm_count(device);
 
-  // gate_up: gu = xs @ w13[e]^T (n = 2I, k = H)
+  // gate_up (n = 2I, k = H): h = silu(gate) * up in the GEMM's epilogue (interleaved w13), else
+  // gu = xs @ w13[e]^T and a row pass.
   args.a = xs.data_ptr();
   args.w = w13.data_ptr();
-  args.d = gu.data_ptr();
   args.n = static_cast<int>(2 * I);
   args.k = static_cast<int>(H);
-  run_grouped_gemm(args, bf16, ints, stream);
-
-  FERRUM_DISPATCH_HALF_TYPES(hidden.scalar_type(), "fused_moe", [&] {
-    moe_silu_mul_rows_kernel<scalar_t><<<row_blocks, kRowsPerCta * 32, 0, stream>>>(
-        reinterpret_cast<const scalar_t*>(gu.data_ptr()), static_cast<int>(I), num_valid,
-        reinterpret_cast<scalar_t*>(h.data_ptr()));
-  });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (w13_interleaved) {
+    args.d = h.data_ptr();
+    args.silu_mul = true;
+    run_grouped_gemm(args, bf16, ints, stream);
+    args.silu_mul = false;
+  } else {
+    at::Tensor gu = at::empty({P, 2 * I}, hidden.options());
+    args.d = gu.data_ptr();
+    run_grouped_gemm(args, bf16, ints, stream);
+    FERRUM_DISPATCH_HALF_TYPES(hidden.scalar_type(), "fused_moe", [&] {
+      moe_silu_mul_rows_kernel<scalar_t><<<row_blocks, kRowsPerCta * 32, 0, stream>>>(
+          reinterpret_cast<const scalar_t*>(gu.data_ptr()), static_cast<int>(I), num_valid,
+          reinterpret_cast<scalar_t*>(h.data_ptr()));
+    });
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
 
   // down: ys = h @ w2[e]^T (n = H, k = I), into the xs buffer (xs is dead after gate_up).
   at::Tensor& ys = xs;

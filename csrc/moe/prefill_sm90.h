@@ -9,8 +9,10 @@ namespace ferrum::moe {
 // Built with sm_90a device code (FERRUM_SM90A_BUILT) and `device` is compute capability 9.x.
 bool prefill_sm90_supported(int device);
 
-// out = fused_moe(hidden, w13, w2, topk_weights, topk_ids); arguments already checked by fused_moe.
+// out = fused_moe(hidden, w13, w2, topk_weights, topk_ids, w13_interleaved); arguments already checked
+// by fused_moe.
 void fused_moe_prefill_sm90(at::Tensor& out, const at::Tensor& hidden, const at::Tensor& w13, const at::Tensor& w2,
-                            const at::Tensor& topk_weights, const at::Tensor& topk_ids, cudaStream_t stream);
+                            const at::Tensor& topk_weights, const at::Tensor& topk_ids, bool w13_interleaved,
+                            cudaStream_t stream);
 
 }  // namespace ferrum::moe

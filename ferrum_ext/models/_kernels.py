@@ -93,6 +93,6 @@ def moe_route(router_logits, top_k, renormalize):
     return _impl("moe_route", router_logits)[0](router_logits, top_k, renormalize)
 
 
-def fused_moe(hidden, w13, w2, weights, ids, *, gemv_threshold=4, prefill_threshold=32):
+def fused_moe(hidden, w13, w2, weights, ids, *, gemv_threshold=4, prefill_threshold=32, w13_interleaved=False):
     return _impl("fused_moe", hidden)[0](hidden, w13, w2, weights, ids, gemv_threshold=gemv_threshold,
-                                 prefill_threshold=prefill_threshold)
+                                         prefill_threshold=prefill_threshold, w13_interleaved=w13_interleaved)

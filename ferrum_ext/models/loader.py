@@ -89,7 +89,8 @@ def _plan(model: torch.nn.Module) -> list[tuple[str, torch.Tensor, tuple]]:
 @torch.no_grad()
 def load_weights(model: torch.nn.Module, path: str, *, strip_prefixes: tuple[str, ...] = (),
                  optional: tuple[str, ...] = ()) -> list[str]:
-    """Fills every parameter of `model` from the checkpoint at `path`; returns the unused keys.
+    """Fills every parameter of `model` from the checkpoint at `path`, then calls `after_load()` on
+    every module that has one; returns the unused keys.
 
     `strip_prefixes`: checkpoint key prefixes to drop (e.g. "bert."). `optional`:
     keys that may be missing (the model fills them itself, e.g. a tied lm_head).
@@ -116,4 +117,7 @@ def load_weights(model: torch.nn.Module, path: str, *, strip_prefixes: tuple[str
             raise LoaderError(f"tensor {real!r} has shape {shape}, expected shape {tuple(target.shape)}")
         target.copy_(ckpt.get(real))
         used.add(real)
+    for module in model.modules():  # one-time repacks into kernel layouts (e.g. Experts' w13)
+        if hasattr(module, "after_load"):
+            module.after_load()
     return sorted(set(ckpt.keys()) - used)

@@ -2,7 +2,9 @@
 `mlp_only_layers` say so (Hugging Face's rule, ModelConfig.is_moe_layer).
 
 Experts are stacked on load: w13 [E, 2I, H] = [gate; up], w2 [E, H, I], from
-the per-expert checkpoint keys `mlp.experts.N.{gate,up,down}_proj.weight`.
+the per-expert checkpoint keys `mlp.experts.N.{gate,up,down}_proj.weight`; after
+loading, w13's gate and up rows are interleaved by 8 (ops.interleave_gate_up), the
+layout in which the Hopper prefill tier fuses SiLU·mul into its gate_up GEMM.
 Dispatch (DESIGN.md section 3): FERRUM_MOE_BUCKETED picks the bucketed fused
 kernel (tier by token count and the env thresholds) or the per-(token,
 expert) loop of small GEMMs.
@@ -18,6 +20,7 @@ from ferrum_ext.models import _kernels as K
 from ferrum_ext.models.layers import MLP, Linear, get_context, param
 from ferrum_ext.models.llama import LlamaForCausalLM
 from ferrum_ext.models.loader import set_sources
+from ferrum_ext.ops.moe import interleave_gate_up
 
 
 class Experts(nn.Module):
@@ -31,6 +34,22 @@ class Experts(nn.Module):
                         (f"experts.{e}.up_proj.weight", (e, slice(inter, 2 * inter)))]
         set_sources(self.w13, gate_up)
         set_sources(self.w2, [(f"experts.{e}.down_proj.weight", (e,)) for e in range(num_experts)])
+        self.w13_interleaved = False
+
+    def after_load(self):
+        """Repacks w13 into the gate/up-interleaved layout, once."""
+        if not self.w13_interleaved:
+            self.w13.data = interleave_gate_up(self.w13.data)
+            self.w13_interleaved = True
+
+    def gate_up_weights(self, e: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Expert e's gate and up weights [I, H], in either w13 layout."""
+        w = self.w13[e]
+        inter = w.shape[0] // 2
+        if self.w13_interleaved:
+            pairs = w.view(inter // 8, 2, 8, w.shape[1])
+            return pairs[:, 0].reshape(inter, -1), pairs[:, 1].reshape(inter, -1)
+        return w[:inter], w[inter:]
 
 
 def moe_tier(num_tokens: int, env) -> tuple[str, int, int]:
@@ -63,17 +82,16 @@ class SparseMoeBlock(nn.Module):
             tier, gemv, prefill = moe_tier(x.shape[0], ctx.env)
             if first:
                 ctx.log.add("moe", f"{ctx.kind}:bucketed_{tier}", x, kernel="fused_moe")
-            return K.fused_moe(x, self.experts.w13, self.experts.w2, weights, ids,
-                               gemv_threshold=gemv, prefill_threshold=prefill)
+            return K.fused_moe(x, self.experts.w13, self.experts.w2, weights, ids, gemv_threshold=gemv,
+                               prefill_threshold=prefill, w13_interleaved=self.experts.w13_interleaved)
 
     def _per_pair(self, x, weights, ids):
         """The slow baseline: one gate_up GEMV + one down GEMV per (token, expert) pair."""
         out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
-        inter = self.experts.w13.shape[1] // 2
         for t, row in enumerate(ids.tolist()):
             for j, e in enumerate(row):
-                h = F.linear(x[t:t + 1], self.experts.w13[e])
-                act = F.silu(h[:, :inter]) * h[:, inter:]
+                gate, up = self.experts.gate_up_weights(e)
+                act = F.silu(F.linear(x[t:t + 1], gate)) * F.linear(x[t:t + 1], up)
                 out[t] += (F.linear(act, self.experts.w2[e]) * weights[t, j].to(x.dtype))[0].float()
         return out.to(x.dtype)
 

@@ -80,7 +80,22 @@ def moe_align(topk_ids: torch.Tensor, num_experts: int, block_m: int, *,
     return tuple(out)
 
 
-def _check_fused_moe(hidden, w13, w2, topk_weights, topk_ids, gemv_threshold, prefill_threshold, tier) -> None:
+def interleave_gate_up(w13: torch.Tensor) -> torch.Tensor:
+    """One-time repack of w13 [E, 2I, H] (gate rows then up rows, as Hugging Face stores it) into the
+    gate/up-interleaved layout of `fused_moe(..., w13_interleaved=True)`: rows gate 0..7, up 0..7,
+    gate 8..15, up 8..15, ... of each expert. Returns a new tensor (the caller drops the old one).
+
+    Every tier accepts both layouts; the interleaved one lets the Hopper prefill tier compute
+    silu(gate) * up in its gate_up GEMM's epilogue instead of a separate pass over a [T*k, 2I]
+    intermediate (docs/moe.md)."""
+    check_tensor("w13", w13, dtypes=FLOAT_TYPES, ndim=3)
+    if w13.shape[1] % 16:
+        raise ValueError(f"w13: expected shape [E, 2 * I, H] with I a multiple of 8, got {tuple(w13.shape)}")
+    return reference.interleave_gate_up(w13)
+
+
+def _check_fused_moe(hidden, w13, w2, topk_weights, topk_ids, gemv_threshold, prefill_threshold, tier,
+                     w13_interleaved) -> None:
     check_tensor("hidden", hidden, dtypes=HALF_TYPES, ndim=2, contiguous=True)
     num_tokens, hidden_size = hidden.shape
     if hidden_size % 64:
@@ -108,23 +123,29 @@ def _check_fused_moe(hidden, w13, w2, topk_weights, topk_ids, gemv_threshold, pr
             raise ValueError(f"{name}: expected a non-negative int, got {v!r}")
     if tier not in MOE_TIERS:
         raise ValueError(f"tier: expected one of {MOE_TIERS}, got {tier!r}")
+    if not isinstance(w13_interleaved, bool):
+        raise ValueError(f"w13_interleaved: expected a bool, got {w13_interleaved!r}")
 
 
 def fused_moe(hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor,
               topk_ids: torch.Tensor, *, gemv_threshold: int = 4, prefill_threshold: int = 32,
-              tier: str | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+              tier: str | None = None, w13_interleaved: bool = False,
+              out: torch.Tensor | None = None) -> torch.Tensor:
     """Qwen3-MoE expert block: out[t] = sum_j topk_weights[t, j] * down_e(silu(gate_e(x)) * up_e(x))
     with e = topk_ids[t, j]; ids outside [0, E) are skipped (graph padding rows).
 
     hidden [T, H] fp16/bf16; w13 [E, 2I, H] (gate rows then up rows), w2 [E, H, I] as Hugging Face
-    stores them; topk_weights [T, k] (fp32; other float types are converted); topk_ids int32 [T, k].
+    stores them, or w13 from interleave_gate_up with w13_interleaved=True (same results; the Hopper
+    prefill tier then fuses SiLU·mul into its gate_up GEMM); topk_weights [T, k] (fp32; other float
+    types are converted); topk_ids int32 [T, k].
     The kernel tier comes from T: T < gemv_threshold -> "gemv", T < prefill_threshold -> "small",
     else "prefill"; `tier` forces one. Thresholds come from the caller (runtime env), never the env.
     "prefill" runs the Hopper tier (CUTLASS grouped GEMMs, TMA + wgmma) on a compute capability 9.x
     GPU when the extension was built for 9.0a and T * k >= MOE_SM90_MIN_PAIRS, else the mma.sync
     tier; "prefill_mma" forces the mma.sync tier, "prefill_sm90" the Hopper one (a RuntimeError where
     it is unavailable)."""
-    _check_fused_moe(hidden, w13, w2, topk_weights, topk_ids, gemv_threshold, prefill_threshold, tier)
+    _check_fused_moe(hidden, w13, w2, topk_weights, topk_ids, gemv_threshold, prefill_threshold, tier,
+                     w13_interleaved)
     if out is None:
         out = torch.empty(hidden.shape, dtype=hidden.dtype, device=hidden.device)
     else:
@@ -134,9 +155,10 @@ def fused_moe(hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_we
     topk_weights = topk_weights.contiguous()
     if cuda_ops_available():
         torch.ops.ferrum_ext.fused_moe(out, hidden, w13, w2, topk_weights, topk_ids, gemv_threshold,
-                                       prefill_threshold, tier or "auto")
+                                       prefill_threshold, tier or "auto", w13_interleaved)
     else:
-        reference.fused_moe_grouped_reference(hidden, w13, w2, topk_weights, topk_ids, out=out)
+        reference.fused_moe_grouped_reference(hidden, w13, w2, topk_weights, topk_ids,
+                                              w13_interleaved=w13_interleaved, out=out)
     return out
 
 
@@ -149,8 +171,10 @@ def register() -> None:
     def align_cpu(sorted_pair_ids, block_expert_ids, num_padded, topk_ids, num_experts, block_m):
         reference.moe_align(topk_ids, num_experts, block_m, out=(sorted_pair_ids, block_expert_ids, num_padded))
 
-    def fused_cpu(out, hidden, w13, w2, topk_weights, topk_ids, gemv_threshold, prefill_threshold, tier):
-        reference.fused_moe_grouped_reference(hidden, w13, w2, topk_weights, topk_ids, out=out)
+    def fused_cpu(out, hidden, w13, w2, topk_weights, topk_ids, gemv_threshold, prefill_threshold, tier,
+                  w13_interleaved):
+        reference.fused_moe_grouped_reference(hidden, w13, w2, topk_weights, topk_ids,
+                                              w13_interleaved=w13_interleaved, out=out)
 
     for name, kernel in (("moe_route", route_cpu), ("moe_align", align_cpu), ("fused_moe", fused_cpu)):
         torch.library.register_kernel(f"{lib}::{name}", "cpu", kernel)

@@ -71,6 +71,7 @@ def _cpu_args(**kw):
     (dict(topk_weights=torch.zeros(3, 2, dtype=torch.int32)), TypeError, "topk_weights: expected dtype"),
     (dict(tier="fast"), ValueError, "tier: expected one of"),
     (dict(gemv_threshold=-1), ValueError, "gemv_threshold"),
+    (dict(w13_interleaved=1), ValueError, "w13_interleaved: expected a bool"),
 ])
 def test_fused_moe_rejects(change, exc, match):
     with pytest.raises(exc, match=match):
@@ -177,13 +178,31 @@ def test_cpu_path_runs_every_tier():
     ref = reference.fused_moe(**args)
     for tier in TIERS + ["prefill_sm90", "auto"]:
         assert_rel_close(ops.fused_moe(**args, tier=tier), ref)
+    args.update(w13=ops.interleave_gate_up(args["w13"]), w13_interleaved=True)
+    assert torch.equal(ops.fused_moe(**args), ref)
+    assert torch.equal(reference.fused_moe(**args), ref)
+
+
+def test_interleave_gate_up_layout():
+    num_experts, inter, hidden = 2, 24, 3
+    w13 = torch.arange(num_experts * 2 * inter * hidden, dtype=torch.float32).view(num_experts, 2 * inter, hidden)
+    packed = ops.interleave_gate_up(w13)
+    # Row r of an expert: block r // 16; gate row 8 * block + r % 16 below 8 in the block, else that up row.
+    order = [8 * (r // 16) + r % 16 if r % 16 < 8 else inter + 8 * (r // 16) + r % 16 - 8 for r in range(2 * inter)]
+    assert torch.equal(packed, w13[:, order])
+    assert torch.equal(reference.deinterleave_gate_up(packed), w13)
+    with pytest.raises(ValueError, match="w13: expected shape"):
+        ops.interleave_gate_up(torch.zeros(1, 40, 8))
+    with pytest.raises(TypeError, match="w13: expected dtype"):
+        ops.interleave_gate_up(torch.zeros(1, 32, 8, dtype=torch.int32))
 
 
 @needs_ops
 def test_opcheck_and_compile_cpu():
     x, w13, w2, w, ids = make_moe(5, 8, 2, 64, 64, torch.bfloat16, "cpu")
-    opcheck(torch.ops.ferrum_ext.fused_moe.default,
-            (torch.empty_like(x), x, w13, w2, w, ids, 4, 32, "auto"))
+    for w13_op, interleaved in ((w13, False), (ops.interleave_gate_up(w13), True)):
+        opcheck(torch.ops.ferrum_ext.fused_moe.default,
+                (torch.empty_like(x), x, w13_op, w2, w, ids, 4, 32, "auto", interleaved))
     logits = torch.randn(5, 8)
     opcheck(torch.ops.ferrum_ext.moe_route.default,
             (torch.empty(5, 2), torch.empty(5, 2, dtype=torch.int32), logits, 2, True))
@@ -257,7 +276,10 @@ def test_align_matches_reference_exactly(num_tokens, top_k, num_experts, block_m
         assert torch.equal(g, w), f"{name} differs: first mismatch at {(g != w).nonzero()[:1].tolist()}"
 
 
-def _check_fused(num_tokens, num_experts, top_k, hidden, inter, dtype, tier, routing="random", seed=0):
+def _check_fused(num_tokens, num_experts, top_k, hidden, inter, dtype, tier, routing="random", seed=0,
+                 interleaved=False):
+    """fused_moe against the grouped reference (HF-order w13); with `interleaved` the op gets
+    ops.interleave_gate_up(w13) and w13_interleaved=True."""
     x, w13, w2, w, ids = make_moe(num_tokens, num_experts, top_k, hidden, inter, dtype, "cuda", seed)
     if routing == "one_expert":
         ids[:] = torch.arange(top_k, dtype=torch.int32, device="cuda")  # every token: experts 0..k-1
@@ -265,10 +287,11 @@ def _check_fused(num_tokens, num_experts, top_k, hidden, inter, dtype, tier, rou
         ids[::4] = -1
         ids[1::3, 0] = -1
     out = poison_(torch.empty_like(x))
-    ops.fused_moe(x, w13, w2, w, ids, tier=tier, out=out)
+    w13_op = ops.interleave_gate_up(w13) if interleaved else w13
+    ops.fused_moe(x, w13_op, w2, w, ids, tier=tier, w13_interleaved=interleaved, out=out)
     ref = reference.fused_moe_grouped_reference(x, w13, w2, w, ids)
     assert_rel_close(out, ref, what=f"fused_moe T={num_tokens} E={num_experts} k={top_k} H={hidden} I={inter} "
-                                    f"{dtype} tier={tier} routing={routing}")
+                                    f"{dtype} tier={tier} routing={routing} interleaved={interleaved}")
     return x, w13, w2, w, ids, out
 
 
@@ -278,6 +301,14 @@ def _check_fused(num_tokens, num_experts, top_k, hidden, inter, dtype, tier, rou
 @pytest.mark.gpu
 def test_fused_moe_tiers(tier, num_tokens, dtype):
     _check_fused(num_tokens, 64, 6, 256, 192, dtype, tier, seed=num_tokens)
+
+
+@pytest.mark.parametrize("tier", TIERS)
+@pytest.mark.parametrize("num_tokens", [1, 3, 5, 33, 257])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.gpu
+def test_fused_moe_tiers_interleaved(tier, num_tokens, dtype):
+    _check_fused(num_tokens, 64, 6, 256, 192, dtype, tier, seed=num_tokens, interleaved=True)
 
 
 @pytest.mark.parametrize("shape", [
@@ -475,17 +506,19 @@ is_sm90 = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_dev
                              reason="needs a compute capability 9.x GPU")
 
 
+@pytest.mark.parametrize("interleaved", [False, True])
 @pytest.mark.parametrize("routing", ["random", "one_expert", "padded"])
 @pytest.mark.parametrize("num_tokens", [33, 257, 4097])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.gpu
 @is_sm90
-def test_prefill_sm90_matches_reference(routing, num_tokens, dtype):
+def test_prefill_sm90_matches_reference(routing, num_tokens, dtype, interleaved):
     # E 32, k 4: ~4 rows per expert at T=33 (most of a 128-row tile empty), ~512 at T=4097 (4 m-tiles);
     # "one_expert" puts all T rows on experts 0..3 and leaves 28 groups empty; 2I = 384 and H = 320 are
     # not multiples of the 256-column tile, K = 320 not a multiple of the 64-deep k-tile.
+    # interleaved: SiLU·mul in the gate_up GEMM's epilogue (silu_mul_epilogue_sm90.cuh), no gu pass.
     x, w13, w2, w, ids, out = _check_fused(num_tokens, 32, 4, 320, 192, dtype, "prefill_sm90", routing,
-                                           seed=num_tokens)
+                                           seed=num_tokens, interleaved=interleaved)
     if routing == "padded":
         assert torch.all(out[::4] == 0), "rows whose ids are all -1 must be zero"
 
@@ -497,12 +530,14 @@ def test_prefill_sm90_matches_reference(routing, num_tokens, dtype):
     (256, 16, 320, 64),    # E 256, k 16, K = I = 64: one k-tile in the down GEMM
     (8, 1, 64, 128),       # H 64: one k-tile in gate_up, a 64-column down GEMM
 ])
+@pytest.mark.parametrize("interleaved", [False, True])
 @pytest.mark.gpu
 @is_sm90
-def test_prefill_sm90_shapes(shape):
+def test_prefill_sm90_shapes(shape, interleaved):
     num_experts, top_k, hidden, inter = shape
     for num_tokens in (1, 40, 300):
-        _check_fused(num_tokens, num_experts, top_k, hidden, inter, torch.bfloat16, "prefill_sm90", seed=num_tokens)
+        _check_fused(num_tokens, num_experts, top_k, hidden, inter, torch.bfloat16, "prefill_sm90", seed=num_tokens,
+                     interleaved=interleaved)
 
 
 @pytest.mark.gpu
@@ -511,6 +546,7 @@ def test_prefill_sm90_qwen3_30b_large():
     # The benchmark's shape at T = 2048 (16384 pairs, ~128 rows per expert), both dtypes.
     _check_fused(2048, 128, 8, 2048, 768, torch.bfloat16, "prefill_sm90")
     _check_fused(2048, 128, 8, 2048, 768, torch.float16, "prefill_sm90", "padded")
+    _check_fused(2048, 128, 8, 2048, 768, torch.bfloat16, "prefill_sm90", interleaved=True)
 
 
 @pytest.mark.gpu
@@ -529,6 +565,38 @@ def test_prefill_sm90_agrees_with_mma_and_is_deterministic():
     w_2[1:] = w_2[1:].flip(0)
     c = ops.fused_moe(x2, w13, w2, w_2, ids2, tier="prefill_sm90")
     assert torch.equal(a[0], c[0]), "row 0 changed when the other rows changed"
+    # The fused SiLU·mul epilogue: deterministic, row-independent, and within tolerance of the gu pass.
+    w13i = ops.interleave_gate_up(w13)
+    d = ops.fused_moe(x, w13i, w2, w, ids, tier="prefill_sm90", w13_interleaved=True)
+    assert torch.equal(d, ops.fused_moe(x, w13i, w2, w, ids, tier="prefill_sm90", w13_interleaved=True)), \
+        "two runs of the interleaved prefill_sm90 differ"
+    assert_rel_close(d, a, tol=1e-2, what="prefill_sm90 interleaved vs Hugging Face order")
+    f = ops.fused_moe(x2, w13i, w2, w_2, ids2, tier="prefill_sm90", w13_interleaved=True)
+    assert torch.equal(d[0], f[0]), "interleaved: row 0 changed when the other rows changed"
+
+
+@pytest.mark.gpu
+@is_sm90
+def test_prefill_sm90_interleaved_graph_replay():
+    num_tokens, num_experts, top_k, hidden, inter = 300, 16, 4, 256, 128
+    x, w13, w2, _, _ = make_moe(num_tokens, num_experts, top_k, hidden, inter, torch.bfloat16, "cuda")
+    w13i = ops.interleave_gate_up(w13)
+    logits = torch.randn(num_tokens, num_experts, device="cuda")
+    out = torch.empty_like(x)
+
+    def step():
+        w, ids = ops.moe_route(logits, top_k, True)
+        ops.fused_moe(x, w13i, w2, w, ids, tier="prefill_sm90", w13_interleaved=True, out=out)
+
+    graph, _ = capture_graph(step)
+    for _ in range(3):
+        logits.copy_(torch.randn_like(logits))
+        x.copy_(torch.randn_like(x))
+        poison_(out)
+        graph.replay()
+        torch.cuda.synchronize()
+        ref = reference.fused_moe_grouped_reference(x, w13, w2, *reference.moe_route(logits, top_k, True))
+        assert_rel_close(out, ref, what="prefill_sm90 interleaved graph replay")
 
 
 def _kernel_names(fn):
