@@ -168,7 +168,6 @@ void fused_moe(at::Tensor& out, const at::Tensor& hidden, const at::Tensor& w13,
   run_gemm(true);
 
   // down: y[p] = h[p] @ w2[e]^T
-  args.gate_up_interleaved = false;
   args.a = h.data_ptr();
   args.a_stride = I;
   args.a_row_div = 1;

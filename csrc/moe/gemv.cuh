@@ -2,9 +2,10 @@
 //
 // Work: tiles of kGemvBlockM (4) pairs of one expert, from moe_align. An item is (tile, column
 // group of ROWS output columns); its weights are WR = ROWS rows (down) or 2 * ROWS rows (gate_up: the
-// gate and up rows of each column, moe_common.cuh gate_row / up_row), k elements each. Items are numbered tile-major
-// (column group fastest) and dealt round-robin to the warps of a grid sized to be resident at once
-// (SMs x occupancy, moe_gemv.cu): warp g takes items g, g + W, g + 2W, ... (W = warps in the grid).
+// gate and up rows of each column, moe_common.cuh gate_row / up_row), k elements each. Items are
+// numbered tile-major (column group fastest) and dealt round-robin to the warps of a grid sized to be
+// resident at once (SMs x occupancy, moe_gemv.cu): warp g takes items g, g + W, g + 2W, ... (W =
+// warps in the grid).
 // The tiles in use (below num_padded) are a prefix of the tile list, so the items in use are a prefix
 // of the numbering and every warp gets the same number of them, +-1, whatever the routing; a warp
 // stops at its first item past num_padded. Launch shape from host values only (graph-safe).

@@ -192,7 +192,9 @@ const char* run(const GroupedGemmSm90Args& args, void* scratch, size_t scratch_b
   if (args.silu_mul != kSiluMul) return "grouped_gemm_sm90: silu_mul does not match the instantiation";
   if (args.num_experts <= 0) return nullptr;
   if (args.n % Cfg::kAlign != 0 || args.k % Cfg::kAlign != 0) return "grouped_gemm_sm90: n and k must be multiples of 8";
-  if (kSiluMul && args.n % 16 != 0) return "grouped_gemm_sm90: silu_mul needs n a multiple of 16 (gate/up blocks of 8)";
+  if (kSiluMul && args.n % 16 != 0) {
+    return "grouped_gemm_sm90: silu_mul needs n a multiple of 16 (8-row gate/up blocks)";
+  }
   const ScratchLayout probe = scratch_layout<Cfg>(args.num_experts, 0);
   const size_t workspace = Gemm::get_workspace_size(make_arguments<Cfg, Element>(args, nullptr, probe));
   const ScratchLayout s = scratch_layout<Cfg>(args.num_experts, workspace);

@@ -42,7 +42,8 @@ bool grouped_gemm_sm90_built() {
 
 size_t grouped_gemm_sm90_scratch_bytes(const GroupedGemmSm90Args& args, bool dtype_bf16) {
   if (args.silu_mul) {
-    return dtype_bf16 ? grouped_gemm_sm90_scratch_bytes_silu_bf16(args) : grouped_gemm_sm90_scratch_bytes_silu_fp16(args);
+    return dtype_bf16 ? grouped_gemm_sm90_scratch_bytes_silu_bf16(args)
+                      : grouped_gemm_sm90_scratch_bytes_silu_fp16(args);
   }
   return dtype_bf16 ? grouped_gemm_sm90_scratch_bytes_bf16(args) : grouped_gemm_sm90_scratch_bytes_fp16(args);
 }
