@@ -369,17 +369,16 @@ def test_fused_moe_deterministic_and_row_independent(tier):
     assert torch.equal(a[0], c[0]), "row 0 changed when the other rows changed"
 
 
-@pytest.mark.parametrize("num_tokens", [1, 8, 64, 1100])  # 1100 * 4 pairs: multi-CTA moe_align
-@pytest.mark.gpu
-def test_fused_moe_cuda_graph(num_tokens):
-    num_experts, top_k, hidden, inter = 32, 4, 256, 128
+def _check_graph_replay(num_tokens, num_experts, top_k, hidden, inter, tier=None, interleaved=False):
+    """route + fused_moe captured once, replayed with new logits and hidden: matches the reference."""
     x, w13, w2, _, _ = make_moe(num_tokens, num_experts, top_k, hidden, inter, torch.bfloat16, "cuda")
+    w13_op = ops.interleave_gate_up(w13) if interleaved else w13
     logits = torch.randn(num_tokens, num_experts, device="cuda")
     out = torch.empty_like(x)
 
     def step():
         w, ids = ops.moe_route(logits, top_k, True)
-        ops.fused_moe(x, w13, w2, w, ids, out=out)
+        ops.fused_moe(x, w13_op, w2, w, ids, tier=tier, w13_interleaved=interleaved, out=out)
 
     graph, _ = capture_graph(step)
     for _ in range(3):
@@ -389,7 +388,13 @@ def test_fused_moe_cuda_graph(num_tokens):
         graph.replay()
         torch.cuda.synchronize()
         ref = reference.fused_moe_grouped_reference(x, w13, w2, *reference.moe_route(logits, top_k, True))
-        assert_rel_close(out, ref, what=f"graph replay T={num_tokens}")
+        assert_rel_close(out, ref, what=f"graph replay T={num_tokens} tier={tier} interleaved={interleaved}")
+
+
+@pytest.mark.parametrize("num_tokens", [1, 8, 64, 1100])  # 1100 * 4 pairs: multi-CTA moe_align
+@pytest.mark.gpu
+def test_fused_moe_cuda_graph(num_tokens):
+    _check_graph_replay(num_tokens, 32, 4, 256, 128)
 
 
 @pytest.mark.gpu
@@ -578,25 +583,7 @@ def test_prefill_sm90_agrees_with_mma_and_is_deterministic():
 @pytest.mark.gpu
 @is_sm90
 def test_prefill_sm90_interleaved_graph_replay():
-    num_tokens, num_experts, top_k, hidden, inter = 300, 16, 4, 256, 128
-    x, w13, w2, _, _ = make_moe(num_tokens, num_experts, top_k, hidden, inter, torch.bfloat16, "cuda")
-    w13i = ops.interleave_gate_up(w13)
-    logits = torch.randn(num_tokens, num_experts, device="cuda")
-    out = torch.empty_like(x)
-
-    def step():
-        w, ids = ops.moe_route(logits, top_k, True)
-        ops.fused_moe(x, w13i, w2, w, ids, tier="prefill_sm90", w13_interleaved=True, out=out)
-
-    graph, _ = capture_graph(step)
-    for _ in range(3):
-        logits.copy_(torch.randn_like(logits))
-        x.copy_(torch.randn_like(x))
-        poison_(out)
-        graph.replay()
-        torch.cuda.synchronize()
-        ref = reference.fused_moe_grouped_reference(x, w13, w2, *reference.moe_route(logits, top_k, True))
-        assert_rel_close(out, ref, what="prefill_sm90 interleaved graph replay")
+    _check_graph_replay(300, 16, 4, 256, 128, tier="prefill_sm90", interleaved=True)
 
 
 def _kernel_names(fn):
