@@ -20,6 +20,8 @@ has() { [[ " $STEPS " == *" $1 "* ]]; }
 if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH=/tmp/site
+elif ! python3 -c "import cutlass_library" 2>/dev/null; then
+  echo "WARNING: no .whl and no nvidia-cutlass: the build leaves out the sm_90a MoE tier (carry .whl)"
 fi
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv > "$OUT/gpu.txt" 2>&1
 cat "$OUT/gpu.txt"
