@@ -6,9 +6,9 @@
 //   -> grouped GEMM gu = xs @ w13[e]^T   (CUTLASS, TMA + wgmma)         [P, 2I]
 //   -> h = silu(gu[:, :I]) * gu[:, I:]                                   [P, I]
 //   -> grouped GEMM ys = h @ w2[e]^T     (ys reuses the xs buffer)       [P, H]
+//   -> combine out[t] = sum_j w[t, j] * ys[inv[t*k + j]]
 // With w13 interleaved (interleave_gate_up) the first GEMM's epilogue writes h itself
 // (silu_mul_epilogue_sm90.cuh): no gu buffer, no silu pass.
-//   -> combine out[t] = sum_j w[t, j] * ys[inv[t*k + j]]
 //
 // P = T * k. Sizes of every launch come from (T, k, E, H, I) alone; the per-expert row counts
 // stay on the device (grouped GEMM shapes are written there by a kernel), so the step is
@@ -147,15 +147,11 @@ void fused_moe_prefill_sm90(at::Tensor& out, const at::Tensor& hidden, const at:
   args.w = w13.data_ptr();
   args.n = static_cast<int>(2 * I);
   args.k = static_cast<int>(H);
-  if (w13_interleaved) {
-    args.d = h.data_ptr();
-    args.silu_mul = true;
-    run_grouped_gemm(args, bf16, ints, stream);
-    args.silu_mul = false;
-  } else {
-    at::Tensor gu = at::empty({P, 2 * I}, hidden.options());
-    args.d = gu.data_ptr();
-    run_grouped_gemm(args, bf16, ints, stream);
+  args.silu_mul = w13_interleaved;
+  at::Tensor gu = w13_interleaved ? at::Tensor() : at::empty({P, 2 * I}, hidden.options());
+  args.d = w13_interleaved ? h.data_ptr() : gu.data_ptr();
+  run_grouped_gemm(args, bf16, ints, stream);
+  if (!w13_interleaved) {
     FERRUM_DISPATCH_HALF_TYPES(hidden.scalar_type(), "fused_moe", [&] {
       moe_silu_mul_rows_kernel<scalar_t><<<row_blocks, kRowsPerCta * 32, 0, stream>>>(
           reinterpret_cast<const scalar_t*>(gu.data_ptr()), static_cast<int>(I), num_valid,
@@ -169,6 +165,7 @@ void fused_moe_prefill_sm90(at::Tensor& out, const at::Tensor& hidden, const at:
   args.a = h.data_ptr();
   args.w = w2.data_ptr();
   args.d = ys.data_ptr();
+  args.silu_mul = false;
   args.n = static_cast<int>(H);
   args.k = static_cast<int>(I);
   run_grouped_gemm(args, bf16, ints, stream);

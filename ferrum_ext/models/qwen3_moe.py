@@ -21,6 +21,7 @@ from ferrum_ext.models.layers import MLP, Linear, get_context, param
 from ferrum_ext.models.llama import LlamaForCausalLM
 from ferrum_ext.models.loader import set_sources
 from ferrum_ext.ops.moe import interleave_gate_up
+from ferrum_ext.reference import deinterleave_gate_up
 
 
 class Experts(nn.Module):
@@ -45,10 +46,9 @@ class Experts(nn.Module):
     def gate_up_weights(self, e: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Expert e's gate and up weights [I, H], in either w13 layout."""
         w = self.w13[e]
-        inter = w.shape[0] // 2
         if self.w13_interleaved:
-            pairs = w.view(inter // 8, 2, 8, w.shape[1])
-            return pairs[:, 0].reshape(inter, -1), pairs[:, 1].reshape(inter, -1)
+            w = deinterleave_gate_up(w.unsqueeze(0))[0]
+        inter = w.shape[0] // 2
         return w[:inter], w[inter:]
 
 
