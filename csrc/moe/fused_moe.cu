@@ -5,7 +5,8 @@
 //   T < prefill_threshold         "small":   align -> mma.sync x2 (block_m 16, block_n 128) -> combine
 //   otherwise                     "prefill": P >= kSm90MinPairs on sm_90a builds and 9.x devices: the
 //                                            Hopper tier (CUTLASS grouped GEMMs, prefill_sm90.cu);
-//                                            else align -> mma.sync x2 (block_m 64 or 128) -> combine
+//                                            else align -> mma.sync x2 (block_m 16, 64 or 128 by
+//                                            P / E, prefill_block_m) -> combine
 // A forced tier runs exactly that path ("prefill_mma" / "prefill_sm90" force one of the two prefill
 // tiers whatever P).
 // Workspace from the caching allocator, sizes from (T, k, E, block_m) alone:
@@ -36,6 +37,15 @@ enum class Tier { kGemv, kSmall, kPrefill, kPrefillMma, kPrefillSm90 };
 // at P = 8192 (T = 1024) mma.sync was 9% faster (529 vs 580 us per layer), at P = 32768 (T = 4096)
 // the Hopper tier was 26% faster (933 vs 1264 us); 16384 sits between the two.
 constexpr int64_t kSm90MinPairs = 16384;
+
+// Tile height of the mma.sync prefill tier from the pairs per expert P / E. H100, Qwen3-30B-A3B,
+// graph replay (scripts/probe_moe_tiers.py): up to 8 per expert the small tier's 16-row tile is
+// 2% faster than 64 rows (T = 64: 414 vs 421 us; T = 128: 426 vs 433), at 16 it is 2% slower
+// (T = 256: 450 vs 443); 128 rows from 192 per expert.
+int64_t prefill_block_m(int64_t pairs, int64_t experts) {
+  if (pairs <= 8 * experts) return ferrum::moe::kSmallBlockM;
+  return pairs >= 192 * experts ? 128 : 64;
+}
 
 Tier pick_tier(int64_t num_tokens, int64_t gemv_threshold, int64_t prefill_threshold, const std::string& tier) {
   if (tier == "gemv") return Tier::kGemv;
@@ -109,9 +119,9 @@ void fused_moe(at::Tensor& out, const at::Tensor& hidden, const at::Tensor& w13,
   }
   if (t == Tier::kPrefillMma) t = Tier::kPrefill;
 
-  const int64_t block_m =
-      t == Tier::kGemv ? ferrum::moe::kGemvBlockM : t == Tier::kSmall ? ferrum::moe::kSmallBlockM
-                                                                      : (P >= 192 * E ? 128 : 64);
+  const int64_t block_m = t == Tier::kGemv    ? ferrum::moe::kGemvBlockM
+                         : t == Tier::kSmall ? ferrum::moe::kSmallBlockM
+                                             : prefill_block_m(P, E);
   const int64_t max_padded = ferrum::moe::align_max_padded(P, E, block_m);
   const int64_t max_tiles = ferrum::moe::align_max_tiles(P, E, block_m);
 
@@ -140,18 +150,14 @@ void fused_moe(at::Tensor& out, const at::Tensor& hidden, const at::Tensor& w13,
   args.num_experts = static_cast<int>(E);
   args.gate_up_interleaved = w13_interleaved;
   auto run_gemm = [&](bool gate_up) {
-    switch (t) {
-      case Tier::kGemv: ferrum::moe::launch_gemv(args, gate_up, bf16, stream); break;
-      case Tier::kSmall: ferrum::moe::launch_mma_small(args, gate_up, bf16, stream); break;
-      case Tier::kPrefill:
-      case Tier::kPrefillMma:
-      case Tier::kPrefillSm90:  // both mapped before: kPrefillMma -> kPrefill, kPrefillSm90 returned
-        if (block_m == 128) {
-          ferrum::moe::launch_mma_prefill128(args, gate_up, bf16, stream);
-        } else {
-          ferrum::moe::launch_mma_prefill64(args, gate_up, bf16, stream);
-        }
-        break;
+    if (t == Tier::kGemv) {
+      ferrum::moe::launch_gemv(args, gate_up, bf16, stream);
+    } else if (block_m == ferrum::moe::kSmallBlockM) {
+      ferrum::moe::launch_mma_small(args, gate_up, bf16, stream);
+    } else if (block_m == 64) {
+      ferrum::moe::launch_mma_prefill64(args, gate_up, bf16, stream);
+    } else {
+      ferrum::moe::launch_mma_prefill128(args, gate_up, bf16, stream);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   };

@@ -106,7 +106,7 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32, MIN_BLOCKS) moe_mma_ke
   auto load_b = [&](int stage, int kt) {
     T* dB = sB + stage * BN * BK;
 #pragma unroll
-    for (int i = 0; i < B_ITERS; ++i) cp_async16(dB + b_off[i], b_src[i] + kt * BK, b_ok[i]);
+    for (int i = 0; i < B_ITERS; ++i) cp_async16_l2_256(dB + b_off[i], b_src[i] + kt * BK, b_ok[i]);
   };
   auto load_stage = [&](int stage, int kt) {
     load_a(stage, kt);

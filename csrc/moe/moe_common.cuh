@@ -66,6 +66,14 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool pr
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(smem)), "l"(gmem),
                "r"(src_bytes));
 }
+// cp_async16 that also has the L2 fetch the whole aligned 256-byte segment around gmem. A weight row
+// read in 128-byte k-steps (BK = 64) then comes from DRAM two steps at a time, so the next step's
+// piece is an L2 hit instead of a second activation of the same DRAM page ~1 us later.
+__device__ __forceinline__ void cp_async16_l2_256(void* smem, const void* gmem, bool pred) {
+  const int src_bytes = pred ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;\n" ::"r"(smem_u32(smem)), "l"(gmem),
+               "r"(src_bytes));
+}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
