@@ -5,8 +5,8 @@
 //   T < prefill_threshold         "small":   align -> mma.sync x2 (block_m 16, block_n 128) -> combine
 //   otherwise                     "prefill": P >= kSm90MinPairs on sm_90a builds and 9.x devices: the
 //                                            Hopper tier (CUTLASS grouped GEMMs, prefill_sm90.cu);
-//                                            else align -> mma.sync x2 (block_m 16, 64 or 128 by
-//                                            P / E, prefill_block_m) -> combine
+//                                            else align -> mma.sync x2 (block_m 16, 64, 96 or 128
+//                                            by P / E, prefill_block_m) -> combine
 // A forced tier runs exactly that path ("prefill_mma" / "prefill_sm90" force one of the two prefill
 // tiers whatever P).
 // Workspace from the caching allocator, sizes from (T, k, E, block_m) alone:
@@ -38,13 +38,18 @@ enum class Tier { kGemv, kSmall, kPrefill, kPrefillMma, kPrefillSm90 };
 // the Hopper tier was 26% faster (933 vs 1264 us); 16384 sits between the two.
 constexpr int64_t kSm90MinPairs = 16384;
 
-// Tile height of the mma.sync prefill tier from the pairs per expert P / E. H100, Qwen3-30B-A3B,
-// graph replay (scripts/probe_moe_tiers.py): up to 8 per expert the small tier's 16-row tile is
-// 2% faster than 64 rows (T = 64: 414 vs 421 us; T = 128: 426 vs 433), at 16 it is 2% slower
-// (T = 256: 450 vs 443); 128 rows from 192 per expert.
+// Tile height of the mma.sync prefill tier from the pairs per expert P / E, which set both the
+// padding rows computed and how often an expert's weights stream through a second tile. H100,
+// Qwen3-30B-A3B, graph replay (scripts/probe_moe_tiers.py), us per layer:
+//   P / E <= 8: the small tier's 16 rows (T = 64: 414 vs 421 with 64 rows; T = 128: 426 vs 433);
+//   up to 56: 64 rows (T = 256: 437 vs 454 with 16 rows; T = 768, 48 per expert: 475 vs 481 with 96);
+//   up to 192: 96 rows, one tile for nearly every expert at 64 per expert (T = 1024: 493 vs 513
+//   with 64 rows; T = 1536: 578 vs 613);
+//   beyond: 128 rows.
 int64_t prefill_block_m(int64_t pairs, int64_t experts) {
   if (pairs <= 8 * experts) return ferrum::moe::kSmallBlockM;
-  return pairs >= 192 * experts ? 128 : 64;
+  if (pairs < 56 * experts) return 64;
+  return pairs < 192 * experts ? 96 : 128;
 }
 
 Tier pick_tier(int64_t num_tokens, int64_t gemv_threshold, int64_t prefill_threshold, const std::string& tier) {
@@ -156,6 +161,8 @@ void fused_moe(at::Tensor& out, const at::Tensor& hidden, const at::Tensor& w13,
       ferrum::moe::launch_mma_small(args, gate_up, bf16, stream);
     } else if (block_m == 64) {
       ferrum::moe::launch_mma_prefill64(args, gate_up, bf16, stream);
+    } else if (block_m == 96) {
+      ferrum::moe::launch_mma_prefill96(args, gate_up, bf16, stream);
     } else {
       ferrum::moe::launch_mma_prefill128(args, gate_up, bf16, stream);
     }

@@ -58,8 +58,13 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32, MIN_BLOCKS) moe_mma_ke
 
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int nb = blockIdx.x;
-  for (int r = tid; r < BM; r += THREADS) sRow[r] = __ldg(args.sorted_ids + tile * BM + r);
-  __syncthreads();
+  static_assert(BM <= THREADS, "one tile row per thread");
+  const int row_pair = tid < BM ? __ldg(args.sorted_ids + tile * BM + tid) : args.num_pairs;
+  if (tid < BM) sRow[tid] = row_pair;
+  // A tile's pairs come first, its padding last (moe_align pads each expert's run at its end), so
+  // the 16-row fragments of a warp past the tile's pairs are all padding: their ldmatrix and mma are
+  // skipped (the tile height covers the worst case, the work follows the rows).
+  const int tile_rows = __syncthreads_count(row_pair < args.num_pairs);
 
   const T* a = static_cast<const T*>(args.a);
   const int n_w = GATE_UP ? 2 * args.n_out : args.n_out;
@@ -145,6 +150,7 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32, MIN_BLOCKS) moe_mma_ke
       for (int q = 0; q < 4; ++q) acc[mi][ni][q] = 0.f;
 
   const int warp_m = warp % WARPS_M, warp_n = warp / WARPS_M;
+  const int mi_live = min(MI, max(0, (tile_rows - warp_m * WM + 15) / 16));  // warp-uniform
   for (int kt = 0; kt < num_kt; ++kt) {
     cp_async_wait<STAGES - 2>();
     __syncthreads();
@@ -152,6 +158,7 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32, MIN_BLOCKS) moe_mma_ke
     if (kt + STAGES - 1 < num_kt) load_stage((kt + STAGES - 1) % STAGES, kt + STAGES - 1);
     cp_async_commit();
 
+    if (mi_live == 0) continue;  // the barrier above is the only one in the loop
     const T* As = sA + (kt % STAGES) * BM * BK;
     const T* Bs = sB + (kt % STAGES) * BN * BK;
 #pragma unroll
@@ -159,6 +166,7 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32, MIN_BLOCKS) moe_mma_ke
       uint32_t af[MI][4];
 #pragma unroll
       for (int mi = 0; mi < MI; ++mi) {
+        if (mi >= mi_live) continue;
         const int row = warp_m * WM + mi * 16 + (lane % 16);
         const int ch = kk * 2 + lane / 16;
         ldmatrix_x4(af[mi], As + row * BK + ((ch ^ (row & 7)) * 8));
@@ -171,10 +179,12 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32, MIN_BLOCKS) moe_mma_ke
         ldmatrix_x4(bf[nj], Bs + row * BK + ((ch ^ (row & 7)) * 8));
       }
 #pragma unroll
-      for (int mi = 0; mi < MI; ++mi)
+      for (int mi = 0; mi < MI; ++mi) {
+        if (mi >= mi_live) continue;
 #pragma unroll
         for (int ni = 0; ni < NI; ++ni)
           mma_16816<T>(acc[mi][ni], af[mi], bf[ni / 2][(ni % 2) * 2], bf[ni / 2][(ni % 2) * 2 + 1]);
+      }
     }
   }
   cp_async_wait<0>();

@@ -108,6 +108,7 @@ __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4],
 void launch_gemv(const GemmArgs& args, bool gate_up, bool dtype_bf16, cudaStream_t stream);
 void launch_mma_small(const GemmArgs& args, bool gate_up, bool dtype_bf16, cudaStream_t stream);
 void launch_mma_prefill64(const GemmArgs& args, bool gate_up, bool dtype_bf16, cudaStream_t stream);
+void launch_mma_prefill96(const GemmArgs& args, bool gate_up, bool dtype_bf16, cudaStream_t stream);
 void launch_mma_prefill128(const GemmArgs& args, bool gate_up, bool dtype_bf16, cudaStream_t stream);
 
 }  // namespace ferrum::moe

@@ -303,6 +303,17 @@ def test_fused_moe_tiers(tier, num_tokens, dtype):
     _check_fused(num_tokens, 64, 6, 256, 192, dtype, tier, seed=num_tokens)
 
 
+# E 64, k 6: pairs per expert 8, 28, 66 and 197, one T for each tile height of the forced mma.sync
+# prefill tier (fused_moe.cu prefill_block_m: 16, 64, 96 and 128 rows); "one_expert" puts all T
+# pairs of 6 experts in tiles that are full but for the last.
+@pytest.mark.parametrize("num_tokens", [85, 300, 700, 2100])
+@pytest.mark.parametrize("routing", ["random", "one_expert"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.gpu
+def test_fused_moe_prefill_tile_heights(num_tokens, routing, dtype):
+    _check_fused(num_tokens, 64, 6, 256, 192, dtype, "prefill_mma", routing, seed=num_tokens)
+
+
 @pytest.mark.parametrize("tier", TIERS)
 @pytest.mark.parametrize("num_tokens", [1, 3, 5, 33, 257])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
