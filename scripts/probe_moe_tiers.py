@@ -1,6 +1,6 @@
 """Whole-layer time of every fused_moe tier forced, across token counts (Qwen3-30B-A3B, bf16, w13
-interleaved, CUDA-graph replay, cold L2, median of 50): the data behind the tier thresholds and the
-prefill tier's block_m choice.
+interleaved, CUDA-graph replay, cold L2, median of 50): the data behind the tier thresholds, the
+prefill tier's block_m choice and the Hopper tier's threshold (kSm90MinPairs).
 
     python scripts/probe_moe_tiers.py [T ...]   (default: 2 4 8 16 32 64 128 256 512 1024)
 """
@@ -17,7 +17,7 @@ from benchmarks.bench_fused_moe import _graphs, ours  # noqa: E402
 from benchmarks.harness import BenchContext  # noqa: E402
 from ferrum_ext import ops  # noqa: E402
 
-TIERS = ("gemv", "small", "prefill_mma")
+TIERS = ("gemv", "small", "prefill_mma", "prefill_sm90")
 
 
 def main() -> None:
@@ -33,7 +33,7 @@ def main() -> None:
                  torch.empty(num_tokens, H, device="cuda", dtype=torch.bfloat16)) for _ in range(3)]
         cells = []
         for tier in TIERS:
-            if tier == "gemv" and num_tokens > 64:
+            if (tier == "gemv" and num_tokens > 64) or (tier == "prefill_sm90" and num_tokens < 256):
                 cells.append(f"{'-':>12}")
                 continue
             graphs = _graphs(sets, lambda x, lg, o: ours(x, lg, w13, w2, k, o, tier))
