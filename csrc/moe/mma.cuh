@@ -4,7 +4,8 @@
 // one expert; padding rows are zero-filled and never stored). BK = 64; A rows
 // are gathered per pair (token row of hidden for gate_up, pair row of h for
 // down), B = w[expert] rows (n, k contiguous: the "col" operand of mma.sync).
-// STAGES-deep cp.async pipeline; shared tiles are 128-byte rows swizzled by
+// STAGES-deep cp.async pipeline (weight rows with the L2's 256-byte prefetch size,
+// cp_async16_l2_256); shared tiles are 128-byte rows swizzled by
 // XOR of the 16-byte chunk with (row & 7), so ldmatrix and cp.async are free of
 // bank conflicts.
 //
@@ -63,7 +64,10 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32, MIN_BLOCKS) moe_mma_ke
   if (tid < BM) sRow[tid] = row_pair;
   // A tile's pairs come first, its padding last (moe_align pads each expert's run at its end), so
   // the 16-row fragments of a warp past the tile's pairs are all padding: their ldmatrix and mma are
-  // skipped (the tile height covers the worst case, the work follows the rows).
+  // skipped (the tile height covers the worst case, the work follows the rows). Not in the 128-row
+  // tile: chosen from 192 pairs per expert on, it rarely has such fragments, and at its 128-register
+  // cap the predicates spill (3% slower at T = 4096).
+  constexpr bool kSkipPadding = BM < 128;
   const int tile_rows = __syncthreads_count(row_pair < args.num_pairs);
 
   const T* a = static_cast<const T*>(args.a);
@@ -150,7 +154,8 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32, MIN_BLOCKS) moe_mma_ke
       for (int q = 0; q < 4; ++q) acc[mi][ni][q] = 0.f;
 
   const int warp_m = warp % WARPS_M, warp_n = warp / WARPS_M;
-  const int mi_live = min(MI, max(0, (tile_rows - warp_m * WM + 15) / 16));  // warp-uniform
+  // Fragments of this warp holding a pair (warp-uniform).
+  const int mi_live = kSkipPadding ? min(MI, max(0, (tile_rows - warp_m * WM + 15) / 16)) : MI;
   for (int kt = 0; kt < num_kt; ++kt) {
     cp_async_wait<STAGES - 2>();
     __syncthreads();

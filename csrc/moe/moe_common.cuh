@@ -67,8 +67,9 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool pr
                "r"(src_bytes));
 }
 // cp_async16 that also has the L2 fetch the whole aligned 256-byte segment around gmem. A weight row
-// read in 128-byte k-steps (BK = 64) then comes from DRAM two steps at a time, so the next step's
-// piece is an L2 hit instead of a second activation of the same DRAM page ~1 us later.
+// read in 128-byte k-steps (BK = 64) then leaves DRAM two steps at a time and the next step's piece
+// is an L2 hit; DRAM serves 256 contiguous bytes where it served 128 from rows that many CTAs
+// stream at once (H100: 3-4% per MoE layer at T = 64..256, docs/moe.md).
 __device__ __forceinline__ void cp_async16_l2_256(void* smem, const void* gmem, bool pred) {
   const int src_bytes = pred ? 16 : 0;
   asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;\n" ::"r"(smem_u32(smem)), "l"(gmem),
