@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-REPORTS = sorted((ROOT / "docs" / "results").glob("h100_bench_s13*.json"))
+REPORTS = sorted((ROOT / "docs" / "results").glob("h100_bench_s14*.json"))
 
 
 def test_generator_renders_every_target_row():
