@@ -33,9 +33,9 @@ namespace {
 enum class Tier { kGemv, kSmall, kPrefill, kPrefillMma, kPrefillSm90 };
 
 // "prefill" (and auto in its range) takes the Hopper tier from this many pairs P = T * k on, the
-// mma.sync tier below. From H100 measurements on Qwen3-30B-A3B (E 128, k 8, H 2048, I 768, bf16):
-// at P = 8192 (T = 1024) mma.sync was 9% faster (529 vs 580 us per layer), at P = 32768 (T = 4096)
-// the Hopper tier was 26% faster (933 vs 1264 us); 16384 sits between the two.
+// mma.sync tier below. H100, Qwen3-30B-A3B (E 128, k 8, H 2048, I 768, bf16), us per layer
+// (scripts/probe_moe_tiers.py, session 14): P = 8192 (T = 1024) mma.sync 493 vs Hopper 550,
+// P = 12288 578 vs 586, P = 16384 715 vs 633, P = 32768 1241 vs 829.
 constexpr int64_t kSm90MinPairs = 16384;
 
 // Tile height of the mma.sync prefill tier from the pairs per expert P / E, which set both the
