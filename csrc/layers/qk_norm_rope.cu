@@ -115,16 +115,41 @@ void qk_norm_rope_write_cache(at::Tensor& q_out, const at::Tensor& qkv, const at
   const c10::cuda::OptionalCUDAGuard guard(qkv.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   p.num_tokens = tokens;
-  // Rotation pairs per lane per step: as many as divide D / 2 into whole warps (1, 2 or 4).
-  const int64_t half = head_dim / 2;
-  int vec = half % 128 == 0 ? 4 : half % 64 == 0 ? 2 : 1;
+  const auto aligned = [](const at::Tensor& x, int64_t bytes) {
+    return reinterpret_cast<uintptr_t>(x.data_ptr()) % bytes == 0;
+  };
+  // v-element accesses of qkv rows, q and the caches.
   const auto vector_aligned = [&](int v) {
     const int64_t bytes = v * qkv.element_size();
-    const auto aligned = [&](const at::Tensor& x) { return reinterpret_cast<uintptr_t>(x.data_ptr()) % bytes == 0; };
-    return qkv.stride(0) % v == 0 && aligned(qkv) && aligned(q_out) && aligned(key_cache) && aligned(value_cache);
+    return qkv.stride(0) % v == 0 && aligned(qkv, bytes) && aligned(q_out, bytes) && aligned(key_cache, bytes) &&
+           aligned(value_cache, bytes);
   };
-  while (vec > 1 && !vector_aligned(vec)) vec /= 2;
   const int64_t items = tokens * (num_heads + 2 * num_kv_heads);
+
+  // Heads of 64, 128 or 256 dims with 16-byte rows and tables: D / 16 lanes per head.
+  const int lanes_per_head = static_cast<int>(head_dim / 16);
+  if ((head_dim == 64 || head_dim == 128 || head_dim == 256) && vector_aligned(8) && aligned(cos, 32) &&
+      aligned(sin, 32) && (!q_norm_weight || aligned(*q_norm_weight, 16)) &&
+      (!k_norm_weight || aligned(*k_norm_weight, 16))) {
+    const int64_t heads_per_cta = ferrum::kQkNormRopeWarps * (32 / lanes_per_head);
+    const dim3 grid(static_cast<unsigned>((items + heads_per_cta - 1) / heads_per_cta));
+    const dim3 block(ferrum::kQkNormRopeWarps * 32);
+    FERRUM_DISPATCH_HALF_TYPES(qkv.scalar_type(), "qk_norm_rope_write_cache", [&] {
+      switch (lanes_per_head) {
+        case 4: ferrum::qk_norm_rope_write_cache_vec_kernel<scalar_t, 4><<<grid, block, 0, stream>>>(p); break;
+        case 8: ferrum::qk_norm_rope_write_cache_vec_kernel<scalar_t, 8><<<grid, block, 0, stream>>>(p); break;
+        default: ferrum::qk_norm_rope_write_cache_vec_kernel<scalar_t, 16><<<grid, block, 0, stream>>>(p);
+      }
+    });
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return;
+  }
+
+  // Otherwise one warp per head; rotation pairs per lane per step: as many as divide D / 2 into whole
+  // warps (1, 2 or 4) and keep the accesses aligned.
+  const int64_t half = head_dim / 2;
+  int vec = half % 128 == 0 ? 4 : half % 64 == 0 ? 2 : 1;
+  while (vec > 1 && !vector_aligned(vec)) vec /= 2;
   const dim3 grid(static_cast<unsigned>((items + ferrum::kQkNormRopeWarps - 1) / ferrum::kQkNormRopeWarps));
   FERRUM_DISPATCH_HALF_TYPES(qkv.scalar_type(), "qk_norm_rope_write_cache", [&] {
     switch (vec) {

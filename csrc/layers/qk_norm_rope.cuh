@@ -152,4 +152,108 @@ __global__ void __launch_bounds__(kQkNormRopeWarps * 32)
   }
 }
 
+// Heads of 64, 128 or 256 dims, every access 16-byte aligned: kLanes = D / 16 consecutive lanes per
+// head, each owning 8 consecutive rotation pairs (one 16-byte vector from each half), so a warp
+// serves 32 / kLanes heads (the kernel above: one). That kernel is latency-bound: each warp moves
+// 512 bytes at D = 128 through a chain of dependent loads, a reduction and stores, and only so
+// many warps fit on an SM; here each warp moves 4x as much per chain. Same arithmetic per element;
+// the norm's sum of squares adds the head's lanes in a different order.
+template <typename T, int kLanes>
+__global__ void __launch_bounds__(kQkNormRopeWarps * 32)
+    qk_norm_rope_write_cache_vec_kernel(const QkNormRopeParams p) {
+  static_assert(sizeof(T) == 2 && (kLanes == 4 || kLanes == 8 || kLanes == 16), "D in {64, 128, 256}, 16-bit");
+  constexpr int kVec = 8;
+  constexpr int kHalf = kLanes * kVec;  // D / 2
+  using V = Packed<T, kVec>;
+  const int lane = threadIdx.x % 32;
+  const int heads_per_token = p.num_heads + 2 * p.num_kv_heads;
+  const int64_t item =
+      (int64_t(blockIdx.x) * kQkNormRopeWarps + threadIdx.x / 32) * (32 / kLanes) + lane / kLanes;
+  const int64_t t = item / heads_per_token;
+  const int head = static_cast<int>(item - t * heads_per_token);
+  const bool is_q = head < p.num_heads, is_v = head >= p.num_heads + p.num_kv_heads;
+  const int kv_head = head - p.num_heads - (is_v ? p.num_kv_heads : 0);
+  const int i = (lane % kLanes) * kVec;
+  // Lanes past the last token and k/v lanes of a padding row (negative slot: no cache write) only
+  // join the shuffles.
+  const int64_t slot = t < p.num_tokens && !is_q ? load_index(p.slot_mapping, t, p.index64) : 0;
+  const bool live = t < p.num_tokens && slot >= 0;
+  const int64_t pos = live && !is_v ? load_index(p.positions, t, p.index64) : 0;
+
+  V x1{}, x2{};
+  if (live) {
+    const T* src = static_cast<const T*>(p.qkv) + t * p.qkv_row_stride + static_cast<int64_t>(head) * 2 * kHalf;
+    x1 = load_packed<T, kVec>(src + i);
+    x2 = load_packed<T, kVec>(src + i + kHalf);
+  }
+  float sum_sq = 0.f;
+#pragma unroll
+  for (int j = 0; j < kVec; ++j) {
+    const float a = to_float(x1.v[j]), b = to_float(x2.v[j]);
+    sum_sq += a * a + b * b;
+  }
+  // A head's lanes are kLanes consecutive, aligned lanes: xor offsets below kLanes stay inside it.
+#pragma unroll
+  for (int off = kLanes / 2; off > 0; off /= 2) sum_sq += __shfl_xor_sync(0xffffffffu, sum_sq, off);
+  if (!live) return;
+
+  if (is_v) {
+    T* cache = static_cast<T*>(p.value_cache);
+    if (!p.vllm_layout) {
+      store_packed<T, kVec>(cache + value_offset(p, slot, kv_head, i), x1);
+      store_packed<T, kVec>(cache + value_offset(p, slot, kv_head, i + kHalf), x2);
+      return;
+    }
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) {  // vllm values are dim-major: one element per dim
+      cache[value_offset(p, slot, kv_head, i + j)] = x1.v[j];
+      cache[value_offset(p, slot, kv_head, i + kHalf + j)] = x2.v[j];
+    }
+    return;
+  }
+
+  const T* norm_w = static_cast<const T*>(is_q ? p.q_norm_weight : p.k_norm_weight);
+  const float inv_rms = norm_w != nullptr ? rsqrtf(sum_sq / (2 * kHalf) + p.eps) : 1.f;
+  V w1{}, w2{};
+  if (norm_w != nullptr) {
+    w1 = load_packed<T, kVec>(norm_w + i);
+    w2 = load_packed<T, kVec>(norm_w + i + kHalf);
+  }
+  // A position past the tables poisons the row (NaN) instead of reading out of bounds.
+  const bool in_table = pos >= 0 && pos < p.max_positions;
+  Packed<float, kVec> c, s;
+  if (in_table) {
+    c = load_packed<float, kVec>(p.cos + pos * kHalf + i);
+    s = load_packed<float, kVec>(p.sin + pos * kHalf + i);
+  } else {
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) {
+      c.v[j] = __int_as_float(0x7fc00000);
+      s.v[j] = 0.f;
+    }
+  }
+  V r1, r2;
+#pragma unroll
+  for (int j = 0; j < kVec; ++j) {
+    float a = to_float(x1.v[j]), b = to_float(x2.v[j]);
+    if (norm_w != nullptr) {
+      // As Hugging Face: fp32 statistics, round, scale by the weight, round.
+      a = to_float(from_float<T>(to_float(from_float<T>(a * inv_rms)) * to_float(w1.v[j])));
+      b = to_float(from_float<T>(to_float(from_float<T>(b * inv_rms)) * to_float(w2.v[j])));
+    }
+    r1.v[j] = from_float<T>(a * c.v[j] - b * s.v[j]);
+    r2.v[j] = from_float<T>(b * c.v[j] + a * s.v[j]);
+  }
+  if (is_q) {
+    T* q = static_cast<T*>(p.q_out) + (t * p.num_heads + head) * 2 * kHalf;
+    store_packed<T, kVec>(q + i, r1);
+    store_packed<T, kVec>(q + i + kHalf, r2);
+  } else {
+    // 8 consecutive dims from a multiple of 8: one x-group of the vllm key layout (x = 8 at 16 bits).
+    T* cache = static_cast<T*>(p.key_cache);
+    store_packed<T, kVec>(cache + key_offset(p, slot, kv_head, i, kVec), r1);
+    store_packed<T, kVec>(cache + key_offset(p, slot, kv_head, i + kHalf, kVec), r2);
+  }
+}
+
 }  // namespace ferrum

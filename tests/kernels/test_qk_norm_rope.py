@@ -93,9 +93,10 @@ def test_matches_reference(dtype, layout, heads, kv_heads, head_dim, with_norm):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("layout", ["vllm", "nhd"])
-@pytest.mark.parametrize("lead,pad", [(0, 2), (1, 1), (2, 6), (4, 4)])
+@pytest.mark.parametrize("lead,pad", [(0, 2), (1, 1), (2, 6), (4, 4), (8, 8)])
 def test_strided_and_misaligned_rows(layout, lead, pad):
-    """qkv as a column slice of a wider buffer: rows that break 8- and 4-byte vector alignment."""
+    """qkv as a column slice of a wider buffer: rows that break 16-, 8- and 4-byte vector alignment,
+    and (lead 8) 16-byte aligned rows of a wider stride."""
     heads, kv_heads, head_dim = 8, 2, 256
     qkv, pos, cos, sin, kc, vc, slots, qn, kn = make_case(29, heads, kv_heads, head_dim, layout, torch.bfloat16,
                                                          "cuda")
