@@ -3,9 +3,10 @@
 // (x1 = x[:D/2], x2 = x[D/2:]; x1' = x1 cos - x2 sin, x2' = x2 cos + x1 sin),
 // q to a token-major [T, H, D] output, k and v straight into the paged cache.
 //
-// One warp per (token, head); each lane owns whole rotation pairs (i, i + D/2),
-// so a head's norm is one warp reduction and the rotation needs no shuffles. Bytes: the qkv row read once, q written,
-// k and v written into the cache: (H + 2 KVH) * D * 2 elements per token.
+// Each lane owns whole rotation pairs (i, i + D/2), so a head's norm is one reduction over its lanes
+// and the rotation needs no shuffles: one warp per (token, head) in general, D / 16 lanes per head
+// with 16-byte accesses for "nhd" caches at D = 64, 128, 256 (qk_norm_rope.cu picks). Bytes: the
+// qkv row read once, q written, k and v written into the cache: (H + 2 KVH) * D * 2 elements per token.
 #pragma once
 
 #include "common/reduce.cuh"
@@ -152,12 +153,13 @@ __global__ void __launch_bounds__(kQkNormRopeWarps * 32)
   }
 }
 
-// Heads of 64, 128 or 256 dims, every access 16-byte aligned: kLanes = D / 16 consecutive lanes per
-// head, each owning 8 consecutive rotation pairs (one 16-byte vector from each half), so a warp
-// serves 32 / kLanes heads (the kernel above: one). That kernel is latency-bound: each warp moves
-// 512 bytes at D = 128 through a chain of dependent loads, a reduction and stores, and only so
-// many warps fit on an SM; here each warp moves 4x as much per chain. Same arithmetic per element;
-// the norm's sum of squares adds the head's lanes in a different order.
+// "nhd" caches (a token's k and v rows contiguous), heads of 64, 128 or 256 dims, every access
+// 16-byte aligned: kLanes = D / 16 consecutive lanes per head, each owning 8 consecutive rotation
+// pairs (one 16-byte vector from each half), so a warp serves 32 / kLanes heads (the kernel above:
+// one). That kernel is latency-bound: each warp moves 512 bytes at D = 128 through a chain of
+// dependent loads, a reduction and stores, and only so many warps fit on an SM; here each warp
+// moves 4x as much per chain. Same arithmetic per element; the norm's sum of squares adds the
+// head's lanes in a different order.
 template <typename T, int kLanes>
 __global__ void __launch_bounds__(kQkNormRopeWarps * 32)
     qk_norm_rope_write_cache_vec_kernel(const QkNormRopeParams p) {
@@ -199,16 +201,8 @@ __global__ void __launch_bounds__(kQkNormRopeWarps * 32)
 
   if (is_v) {
     T* cache = static_cast<T*>(p.value_cache);
-    if (!p.vllm_layout) {
-      store_packed<T, kVec>(cache + value_offset(p, slot, kv_head, i), x1);
-      store_packed<T, kVec>(cache + value_offset(p, slot, kv_head, i + kHalf), x2);
-      return;
-    }
-#pragma unroll
-    for (int j = 0; j < kVec; ++j) {  // vllm values are dim-major: one element per dim
-      cache[value_offset(p, slot, kv_head, i + j)] = x1.v[j];
-      cache[value_offset(p, slot, kv_head, i + kHalf + j)] = x2.v[j];
-    }
+    store_packed<T, kVec>(cache + value_offset(p, slot, kv_head, i), x1);
+    store_packed<T, kVec>(cache + value_offset(p, slot, kv_head, i + kHalf), x2);
     return;
   }
 
@@ -249,7 +243,6 @@ __global__ void __launch_bounds__(kQkNormRopeWarps * 32)
     store_packed<T, kVec>(q + i, r1);
     store_packed<T, kVec>(q + i + kHalf, r2);
   } else {
-    // 8 consecutive dims from a multiple of 8: one x-group of the vllm key layout (x = 8 at 16 bits).
     T* cache = static_cast<T*>(p.key_cache);
     store_packed<T, kVec>(cache + key_offset(p, slot, kv_head, i, kVec), r1);
     store_packed<T, kVec>(cache + key_offset(p, slot, kv_head, i + kHalf, kVec), r2);
