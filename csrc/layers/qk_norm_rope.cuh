@@ -56,6 +56,38 @@ __device__ __forceinline__ int64_t value_offset(const QkNormRopeParams& p, int64
   return ((block * p.num_kv_heads + h) * p.head_dim + d) * p.block_size + off;
 }
 
+// Rotation pair (a, b) = (x[i], x[i + D/2]) of a head: the RMSNorm as Hugging Face computes it (fp32
+// statistics, round, scale by the weight, round) when `norm`, then the half-split rotation by (c, s).
+template <typename T>
+__device__ __forceinline__ void norm_rotate_pair(float a, float b, bool norm, float inv_rms, float w_a, float w_b,
+                                                 float c, float s, T& out_a, T& out_b) {
+  if (norm) {
+    a = to_float(from_float<T>(to_float(from_float<T>(a * inv_rms)) * w_a));
+    b = to_float(from_float<T>(to_float(from_float<T>(b * inv_rms)) * w_b));
+  }
+  out_a = from_float<T>(a * c - b * s);
+  out_b = from_float<T>(b * c + a * s);
+}
+
+// N rotated dims from i and from i + D/2 of a q head (token-major q_out) or a k head (the cache).
+template <typename T, int N>
+__device__ __forceinline__ void store_q_or_key(const QkNormRopeParams& p, bool is_q, int64_t t, int head,
+                                               int64_t slot, int kv_head, int i, const Packed<T, N>& r1,
+                                               const Packed<T, N>& r2) {
+  const int half = p.head_dim / 2;
+  if (is_q) {
+    T* q = static_cast<T*>(p.q_out) + (t * p.num_heads + head) * p.head_dim;
+    store_packed<T, N>(q + i, r1);
+    store_packed<T, N>(q + i + half, r2);
+    return;
+  }
+  // N <= 8 consecutive dims from a multiple of N stay inside one 16-byte x-group of the vllm layout.
+  constexpr int kX = 16 / sizeof(T);
+  T* cache = static_cast<T*>(p.key_cache);
+  store_packed<T, N>(cache + key_offset(p, slot, kv_head, i, kX), r1);
+  store_packed<T, N>(cache + key_offset(p, slot, kv_head, i + half, kX), r2);
+}
+
 // One warp per (token, head) of the qkv row: heads = H q heads, then KVH k heads, then
 // KVH v heads. Every warp's loads are independent of every other's, so a token's 40
 // heads are in flight at once instead of one after another (the kernel is a stream of
@@ -78,7 +110,6 @@ __global__ void __launch_bounds__(kQkNormRopeWarps * 32)
   if (slot < 0) return;  // a padding row writes nothing to the cache
   const T* src = static_cast<const T*>(p.qkv) + t * p.qkv_row_stride + static_cast<int64_t>(head) * p.head_dim;
   constexpr int kSteps = kMaxRopePairsPerLane / kVec;
-  constexpr int kX = 16 / sizeof(T);
   using V = Packed<T, kVec>;
 
   V x1[kSteps], x2[kSteps];
@@ -129,27 +160,13 @@ __global__ void __launch_bounds__(kQkNormRopeWarps * 32)
     V r1, r2;
 #pragma unroll
     for (int j = 0; j < kVec; ++j) {
-      float a = to_float(x1[m].v[j]), b = to_float(x2[m].v[j]);
-      if (norm_w != nullptr) {
-        // As Hugging Face: fp32 statistics, round, scale by the weight, round.
-        a = to_float(from_float<T>(to_float(from_float<T>(a * inv_rms)) * to_float(norm_w[i + j])));
-        b = to_float(from_float<T>(to_float(from_float<T>(b * inv_rms)) * to_float(norm_w[i + half + j])));
-      }
-      const float c = in_table ? p.cos[pos * half + i + j] : __int_as_float(0x7fc00000);
-      const float s = in_table ? p.sin[pos * half + i + j] : 0.f;
-      r1.v[j] = from_float<T>(a * c - b * s);
-      r2.v[j] = from_float<T>(b * c + a * s);
+      const bool norm = norm_w != nullptr;
+      norm_rotate_pair<T>(to_float(x1[m].v[j]), to_float(x2[m].v[j]), norm, inv_rms,
+                          norm ? to_float(norm_w[i + j]) : 1.f, norm ? to_float(norm_w[i + half + j]) : 1.f,
+                          in_table ? p.cos[pos * half + i + j] : __int_as_float(0x7fc00000),
+                          in_table ? p.sin[pos * half + i + j] : 0.f, r1.v[j], r2.v[j]);
     }
-    if (is_q) {
-      T* q = static_cast<T*>(p.q_out) + (t * p.num_heads + head) * p.head_dim;
-      store_packed<T, kVec>(q + i, r1);
-      store_packed<T, kVec>(q + i + half, r2);
-    } else {
-      // kVec <= 4 consecutive dims starting at a multiple of kVec stay inside one x-group.
-      T* cache = static_cast<T*>(p.key_cache);
-      store_packed<T, kVec>(cache + key_offset(p, slot, kv_head, i, kX), r1);
-      store_packed<T, kVec>(cache + key_offset(p, slot, kv_head, i + half, kX), r2);
-    }
+    store_q_or_key<T, kVec>(p, is_q, t, head, slot, kv_head, i, r1, r2);
   }
 }
 
@@ -229,24 +246,10 @@ __global__ void __launch_bounds__(kQkNormRopeWarps * 32)
   V r1, r2;
 #pragma unroll
   for (int j = 0; j < kVec; ++j) {
-    float a = to_float(x1.v[j]), b = to_float(x2.v[j]);
-    if (norm_w != nullptr) {
-      // As Hugging Face: fp32 statistics, round, scale by the weight, round.
-      a = to_float(from_float<T>(to_float(from_float<T>(a * inv_rms)) * to_float(w1.v[j])));
-      b = to_float(from_float<T>(to_float(from_float<T>(b * inv_rms)) * to_float(w2.v[j])));
-    }
-    r1.v[j] = from_float<T>(a * c.v[j] - b * s.v[j]);
-    r2.v[j] = from_float<T>(b * c.v[j] + a * s.v[j]);
+    norm_rotate_pair<T>(to_float(x1.v[j]), to_float(x2.v[j]), norm_w != nullptr, inv_rms, to_float(w1.v[j]),
+                        to_float(w2.v[j]), c.v[j], s.v[j], r1.v[j], r2.v[j]);
   }
-  if (is_q) {
-    T* q = static_cast<T*>(p.q_out) + (t * p.num_heads + head) * 2 * kHalf;
-    store_packed<T, kVec>(q + i, r1);
-    store_packed<T, kVec>(q + i + kHalf, r2);
-  } else {
-    T* cache = static_cast<T*>(p.key_cache);
-    store_packed<T, kVec>(cache + key_offset(p, slot, kv_head, i, kVec), r1);
-    store_packed<T, kVec>(cache + key_offset(p, slot, kv_head, i + kHalf, kVec), r2);
-  }
+  store_q_or_key<T, kVec>(p, is_q, t, head, slot, kv_head, i, r1, r2);
 }
 
 }  // namespace ferrum
