@@ -124,19 +124,24 @@ void qk_norm_rope_write_cache(at::Tensor& q_out, const at::Tensor& qkv, const at
     return qkv.stride(0) % v == 0 && aligned(qkv, bytes) && aligned(q_out, bytes) && aligned(key_cache, bytes) &&
            aligned(value_cache, bytes);
   };
-  const int64_t items = tokens * (num_heads + 2 * num_kv_heads);
+  const int heads = static_cast<int>(num_heads + 2 * num_kv_heads);
   const dim3 block(ferrum::kQkNormRopeWarps * 32);
 
-  // "nhd" heads of 64, 128 or 256 dims with 16-byte rows and tables: D / 16 lanes per head. H100,
-  // T = 4096 / 16384, 32q/4kv, D 128: 74.4 -> 44.2 / 277.0 -> 154.0 us. The "vllm" cache keeps one
-  // warp per head: its values are dim-major (a token's v is D scattered 2-byte stores), and there the
-  // 16-byte path measured 80.3 -> 62.3 us at T = 4096 but 338.3 -> 383.0 at T = 16384.
-  const int lanes_per_head = static_cast<int>(head_dim / 16);
-  if (!vllm && (head_dim == 64 || head_dim == 128 || head_dim == 256) && vector_aligned(8) && aligned(cos, 32) &&
-      aligned(sin, 32) && (!q_norm_weight || aligned(*q_norm_weight, 16)) &&
-      (!k_norm_weight || aligned(*k_norm_weight, 16))) {
+  // Heads of 64, 128 or 256 dims with 16-byte rows and tables: D / 16 lanes per head. A "vllm"
+  // value cache is dim-major (a token's v is D scattered 2-byte stores): its v heads keep one warp
+  // per head in a second launch. H100, 32q/4kv, D 128, T = 4096 / 16384, us: "nhd" 74.4 -> 44.6 /
+  // 277.0 -> 154.4; "vllm" 79.6 -> 74.1 / 335.0 -> 286.2 (its v heads on the 16-lane path too:
+  // 62.3 / 383.0).
+  const bool vec_path = (head_dim == 64 || head_dim == 128 || head_dim == 256) && vector_aligned(8) &&
+                        aligned(cos, 32) && aligned(sin, 32) && (!q_norm_weight || aligned(*q_norm_weight, 16)) &&
+                        (!k_norm_weight || aligned(*k_norm_weight, 16));
+  p.head_begin = 0;
+  p.head_count = heads;
+  if (vec_path) {
+    if (vllm) p.head_count = static_cast<int>(num_heads + num_kv_heads);
+    const int lanes_per_head = static_cast<int>(head_dim / 16);
     const int64_t heads_per_cta = ferrum::kQkNormRopeWarps * (32 / lanes_per_head);
-    const dim3 grid(static_cast<unsigned>((items + heads_per_cta - 1) / heads_per_cta));
+    const dim3 grid(static_cast<unsigned>((tokens * p.head_count + heads_per_cta - 1) / heads_per_cta));
     FERRUM_DISPATCH_HALF_TYPES(qkv.scalar_type(), "qk_norm_rope_write_cache", [&] {
       switch (lanes_per_head) {
         case 4: ferrum::qk_norm_rope_write_cache_vec_kernel<scalar_t, 4><<<grid, block, 0, stream>>>(p); break;
@@ -145,14 +150,17 @@ void qk_norm_rope_write_cache(at::Tensor& q_out, const at::Tensor& qkv, const at
       }
     });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    return;
+    if (!vllm) return;
+    p.head_begin = p.head_count;
+    p.head_count = heads - p.head_count;
   }
 
-  // Otherwise one warp per head; rotation pairs per lane per step: as many as divide D / 2 into whole
-  // warps (1, 2 or 4) and keep the accesses aligned.
+  // One warp per head; rotation pairs per lane per step: as many as divide D / 2 into whole warps
+  // (1, 2 or 4) and keep the accesses aligned.
   const int64_t half = head_dim / 2;
   int vec = half % 128 == 0 ? 4 : half % 64 == 0 ? 2 : 1;
   while (vec > 1 && !vector_aligned(vec)) vec /= 2;
+  const int64_t items = tokens * p.head_count;
   const dim3 grid(static_cast<unsigned>((items + ferrum::kQkNormRopeWarps - 1) / ferrum::kQkNormRopeWarps));
   FERRUM_DISPATCH_HALF_TYPES(qkv.scalar_type(), "qk_norm_rope_write_cache", [&] {
     switch (vec) {

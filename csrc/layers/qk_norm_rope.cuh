@@ -5,7 +5,7 @@
 //
 // Each lane owns whole rotation pairs (i, i + D/2), so a head's norm is one reduction over its lanes
 // and the rotation needs no shuffles: one warp per (token, head) in general, D / 16 lanes per head
-// with 16-byte accesses for "nhd" caches at D = 64, 128, 256 (qk_norm_rope.cu picks). Bytes: the
+// with 16-byte accesses at D = 64, 128, 256 (qk_norm_rope.cu picks; "vllm" v heads keep the first). Bytes: the
 // qkv row read once, q written, k and v written into the cache: (H + 2 KVH) * D * 2 elements per token.
 #pragma once
 
@@ -33,6 +33,7 @@ struct QkNormRopeParams {
   void* value_cache;
   int64_t num_tokens;
   int num_heads, num_kv_heads, head_dim, block_size;
+  int head_begin, head_count;  // the launch covers heads [head_begin, head_begin + head_count) of every token
   bool vllm_layout;  // else NHD
   float eps;
 };
@@ -97,11 +98,10 @@ __device__ __forceinline__ void store_q_or_key(const QkNormRopeParams& p, bool i
 template <typename T, int kVec>
 __global__ void __launch_bounds__(kQkNormRopeWarps * 32)
     qk_norm_rope_write_cache_kernel(const QkNormRopeParams p) {
-  const int heads_per_token = p.num_heads + 2 * p.num_kv_heads;
   const int64_t item = int64_t(blockIdx.x) * kQkNormRopeWarps + threadIdx.x / 32;
-  if (item >= p.num_tokens * heads_per_token) return;
-  const int64_t t = item / heads_per_token;
-  const int head = static_cast<int>(item % heads_per_token);
+  if (item >= p.num_tokens * p.head_count) return;
+  const int64_t t = item / p.head_count;
+  const int head = p.head_begin + static_cast<int>(item % p.head_count);
   const int lane = threadIdx.x % 32;
   const int half = p.head_dim / 2;
   const bool is_q = head < p.num_heads, is_v = head >= p.num_heads + p.num_kv_heads;
@@ -170,8 +170,8 @@ __global__ void __launch_bounds__(kQkNormRopeWarps * 32)
   }
 }
 
-// "nhd" caches (a token's k and v rows contiguous), heads of 64, 128 or 256 dims, every access
-// 16-byte aligned: kLanes = D / 16 consecutive lanes per head, each owning 8 consecutive rotation
+// Heads of 64, 128 or 256 dims, every access 16-byte aligned (q and k heads of either layout, v
+// heads of "nhd" caches, whose rows are contiguous): kLanes = D / 16 consecutive lanes per head, each owning 8 consecutive rotation
 // pairs (one 16-byte vector from each half), so a warp serves 32 / kLanes heads (the kernel above:
 // one). That kernel is latency-bound: each warp moves 512 bytes at D = 128 through a chain of
 // dependent loads, a reduction and stores, and only so many warps fit on an SM; here each warp
@@ -185,11 +185,10 @@ __global__ void __launch_bounds__(kQkNormRopeWarps * 32)
   constexpr int kHalf = kLanes * kVec;  // D / 2
   using V = Packed<T, kVec>;
   const int lane = threadIdx.x % 32;
-  const int heads_per_token = p.num_heads + 2 * p.num_kv_heads;
   const int64_t item =
       (int64_t(blockIdx.x) * kQkNormRopeWarps + threadIdx.x / 32) * (32 / kLanes) + lane / kLanes;
-  const int64_t t = item / heads_per_token;
-  const int head = static_cast<int>(item - t * heads_per_token);
+  const int64_t t = item / p.head_count;
+  const int head = p.head_begin + static_cast<int>(item - t * p.head_count);
   const bool is_q = head < p.num_heads, is_v = head >= p.num_heads + p.num_kv_heads;
   const int kv_head = head - p.num_heads - (is_v ? p.num_kv_heads : 0);
   const int i = (lane % kLanes) * kVec;
