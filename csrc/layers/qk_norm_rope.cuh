@@ -3,10 +3,11 @@
 // (x1 = x[:D/2], x2 = x[D/2:]; x1' = x1 cos - x2 sin, x2' = x2 cos + x1 sin),
 // q to a token-major [T, H, D] output, k and v straight into the paged cache.
 //
-// Each lane owns whole rotation pairs (i, i + D/2), so a head's norm is one reduction over its lanes
-// and the rotation needs no shuffles: one warp per (token, head) in general, D / 16 lanes per head
-// with 16-byte accesses at D = 64, 128, 256 (qk_norm_rope.cu picks; "vllm" v heads keep the first). Bytes: the
-// qkv row read once, q written, k and v written into the cache: (H + 2 KVH) * D * 2 elements per token.
+// Each lane owns whole rotation pairs (i, i + D/2), so a head's norm is one reduction over its
+// lanes and the rotation needs no shuffles: one warp per (token, head) in general, D / 16 lanes per
+// head with 16-byte accesses at D = 64, 128, 256 (qk_norm_rope.cu picks; "vllm" v heads keep one
+// warp each). Bytes: the qkv row read once, q written, k and v written into the cache:
+// (H + 2 KVH) * D * 2 elements per token.
 #pragma once
 
 #include "common/reduce.cuh"
@@ -171,12 +172,12 @@ __global__ void __launch_bounds__(kQkNormRopeWarps * 32)
 }
 
 // Heads of 64, 128 or 256 dims, every access 16-byte aligned (q and k heads of either layout, v
-// heads of "nhd" caches, whose rows are contiguous): kLanes = D / 16 consecutive lanes per head, each owning 8 consecutive rotation
-// pairs (one 16-byte vector from each half), so a warp serves 32 / kLanes heads (the kernel above:
-// one). That kernel is latency-bound: each warp moves 512 bytes at D = 128 through a chain of
-// dependent loads, a reduction and stores, and only so many warps fit on an SM; here each warp
-// moves 4x as much per chain. Same arithmetic per element; the norm's sum of squares adds the
-// head's lanes in a different order.
+// heads of "nhd" caches, whose rows are contiguous): kLanes = D / 16 consecutive lanes per head,
+// each owning 8 consecutive rotation pairs (one 16-byte vector from each half), so a warp serves
+// 32 / kLanes heads (the kernel above: one). That kernel is latency-bound: each warp moves 512
+// bytes at D = 128 through a chain of dependent loads, a reduction and stores, and only so many
+// warps fit on an SM; here each warp moves 4x as much per chain. Same arithmetic per element; the
+// norm's sum of squares adds the head's lanes in a different order.
 template <typename T, int kLanes>
 __global__ void __launch_bounds__(kQkNormRopeWarps * 32)
     qk_norm_rope_write_cache_vec_kernel(const QkNormRopeParams p) {
