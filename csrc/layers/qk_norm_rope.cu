@@ -129,19 +129,20 @@ void qk_norm_rope_write_cache(at::Tensor& q_out, const at::Tensor& qkv, const at
 
   // Heads of 64, 128 or 256 dims with 16-byte rows and tables: D / 16 lanes per head. A "vllm"
   // value cache is dim-major (a token's v is D scattered 2-byte stores): its v heads keep one warp
-  // per head in a second launch. H100, 32q/4kv, D 128, T = 4096 / 16384, us: "nhd" 74.4 -> 44.6 /
-  // 277.0 -> 154.4; "vllm" 79.6 -> 74.1 / 335.0 -> 286.2 (its v heads on the 16-lane path too:
+  // per head in a second launch. H100, 32q/4kv, D 128, T = 4096 / 16384, us: "nhd" 74.4 -> 44.9 /
+  // 277.0 -> 156.5; "vllm" 79.6 -> 74.1 / 335.0 -> 286.2 (its v heads on the 16-lane path too:
   // 62.3 / 383.0).
   const bool vec_path = (head_dim == 64 || head_dim == 128 || head_dim == 256) && vector_aligned(8) &&
                         aligned(cos, 32) && aligned(sin, 32) && (!q_norm_weight || aligned(*q_norm_weight, 16)) &&
                         (!k_norm_weight || aligned(*k_norm_weight, 16));
-  p.head_begin = 0;
-  p.head_count = heads;
-  if (vec_path) {
-    if (vllm) p.head_count = static_cast<int>(num_heads + num_kv_heads);
+  // Heads [0, vec_heads) of every token take the 16-lane kernel, the rest one warp each.
+  const int vec_heads = !vec_path ? 0 : vllm ? static_cast<int>(num_heads + num_kv_heads) : heads;
+  if (vec_heads > 0) {
+    p.head_begin = 0;
+    p.head_count = vec_heads;
     const int lanes_per_head = static_cast<int>(head_dim / 16);
     const int64_t heads_per_cta = ferrum::kQkNormRopeWarps * (32 / lanes_per_head);
-    const dim3 grid(static_cast<unsigned>((tokens * p.head_count + heads_per_cta - 1) / heads_per_cta));
+    const dim3 grid(static_cast<unsigned>((tokens * vec_heads + heads_per_cta - 1) / heads_per_cta));
     FERRUM_DISPATCH_HALF_TYPES(qkv.scalar_type(), "qk_norm_rope_write_cache", [&] {
       switch (lanes_per_head) {
         case 4: ferrum::qk_norm_rope_write_cache_vec_kernel<scalar_t, 4><<<grid, block, 0, stream>>>(p); break;
@@ -150,16 +151,16 @@ void qk_norm_rope_write_cache(at::Tensor& q_out, const at::Tensor& qkv, const at
       }
     });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    if (!vllm) return;
-    p.head_begin = p.head_count;
-    p.head_count = heads - p.head_count;
   }
+  if (vec_heads == heads) return;
 
   // One warp per head; rotation pairs per lane per step: as many as divide D / 2 into whole warps
   // (1, 2 or 4) and keep the accesses aligned.
   const int64_t half = head_dim / 2;
   int vec = half % 128 == 0 ? 4 : half % 64 == 0 ? 2 : 1;
   while (vec > 1 && !vector_aligned(vec)) vec /= 2;
+  p.head_begin = vec_heads;
+  p.head_count = heads - vec_heads;
   const int64_t items = tokens * p.head_count;
   const dim3 grid(static_cast<unsigned>((items + ferrum::kQkNormRopeWarps - 1) / ferrum::kQkNormRopeWarps));
   FERRUM_DISPATCH_HALF_TYPES(qkv.scalar_type(), "qk_norm_rope_write_cache", [&] {
