@@ -28,7 +28,7 @@ def cold(fn, runs=3):
 
 def main():
     gen = torch.Generator().manual_seed(0)
-    for b, length, kvh in ((1, 32768, 4), (8, 8192, 4), (64, 4096, 4)):
+    for b, length, kvh in ((1, 32768, 4), (8, 8192, 4), (64, 4096, 4), (64, 4096, 8)):
         for layout in ("vllm",):
             kc, vc, bt = _paged_cache(b, length, kvh, torch.bfloat16, layout, gen)
             q = torch.randn(b, HEADS, HEAD_DIM, device="cuda", dtype=torch.bfloat16)
