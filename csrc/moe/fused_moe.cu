@@ -1,7 +1,9 @@
 // Launcher of fused_moe.
 //
 // Tier from the host-known token count T, pairs P = T * k and the caller's thresholds ("auto"):
-//   T < gemv_threshold            "gemv":    align -> weight-streaming GEMV x2 -> combine, block_m 4
+//   T < gemv_threshold            "gemv":    align -> weight-streaming GEMV (gate_up) -> down GEMV with
+//                                            the combine folded in (I <= 1536; else GEMV + combine),
+//                                            block_m 4
 //   T < prefill_threshold         "small":   align -> mma.sync x2 (block_m 16, block_n 128) -> combine
 //   otherwise                     "prefill": P >= kSm90MinPairs on sm_90a builds and 9.x devices: the
 //                                            Hopper tier (CUTLASS grouped GEMMs, prefill_sm90.cu);
@@ -10,7 +12,8 @@
 // A forced tier runs exactly that path ("prefill_mma" / "prefill_sm90" force one of the two prefill
 // tiers whatever P).
 // Workspace from the caching allocator, sizes from (T, k, E, block_m) alone:
-// h [T*k, I] + y [T*k, H] activations and O(T*k + E*block_m) int32 ids (the Hopper tier: prefill_sm90.cu).
+// h [T*k, I] + y [T*k, H] activations (no y in the GEMV tier at I <= 1536) and O(T*k + E*block_m)
+// int32 ids (the Hopper tier: prefill_sm90.cu).
 // No host sync.
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -139,7 +142,6 @@ void fused_moe(at::Tensor& out, const at::Tensor& hidden, const at::Tensor& w13,
   int* num_padded = block_expert + max_tiles;
   int* align_ws = align_ws_ints > 0 ? num_padded + 1 : nullptr;
   at::Tensor h = at::empty({P, I}, hidden.options());
-  at::Tensor y = at::empty({P, H}, hidden.options());
 
   ferrum::moe::launch_align(topk_ids.data_ptr<int>(), static_cast<int>(P), static_cast<int>(E),
                             static_cast<int>(block_m), sorted_ids, block_expert, num_padded, align_ws, stream);
@@ -180,7 +182,26 @@ void fused_moe(at::Tensor& out, const at::Tensor& hidden, const at::Tensor& w13,
   args.k = static_cast<int>(H);
   run_gemm(true);
 
+  // GEMV tier: down and combine in one launch, out written directly (gemv_down_combine.cuh).
+  if (t == Tier::kGemv) {
+    const ferrum::moe::DownCombineArgs down{h.data_ptr(),
+                                            w2.data_ptr(),
+                                            out.data_ptr(),
+                                            topk_weights.data_ptr<float>(),
+                                            topk_ids.data_ptr<int>(),
+                                            static_cast<int>(T),
+                                            static_cast<int>(top_k),
+                                            static_cast<int>(E),
+                                            static_cast<int>(H),
+                                            static_cast<int>(I)};
+    if (ferrum::moe::launch_gemv_down_combine(down, bf16, stream)) {
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      return;
+    }
+  }
+
   // down: y[p] = h[p] @ w2[e]^T
+  at::Tensor y = at::empty({P, H}, hidden.options());
   args.a = h.data_ptr();
   args.a_stride = I;
   args.a_row_div = 1;

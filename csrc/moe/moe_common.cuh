@@ -40,6 +40,17 @@ struct GemmArgs {
   bool gate_up_interleaved;  // w13's gate and up rows interleaved by 8 (gate_row / up_row)
 };
 
+// The GEMV tier's down GEMM with the combine folded in (gemv_down_combine.cuh): out[t] = sum over
+// the token's valid routes j of weights[t, j] * (h[t * k + j] @ w2[ids[t, j]]^T), in j order.
+struct DownCombineArgs {
+  const void* h;         // [T * k, inter]: row p = pair p (gate_up's output)
+  const void* w2;        // [E, hidden, inter]
+  void* out;             // [T, hidden]
+  const float* weights;  // [T, k]
+  const int* ids;        // [T, k]
+  int num_tokens, top_k, num_experts, hidden, inter;
+};
+
 // Rows of w13[e] ([2 * n_out, k]) holding the gate and the up weights of output column n: Hugging Face
 // order (gate rows 0 .. n_out - 1, then the up rows) or interleaved by 8 (ops.interleave_gate_up:
 // gate 8g .. 8g+7, up 8g .. 8g+7, gate 8g+8 .. 8g+15, ...; what the Hopper tier's fused epilogue needs).
@@ -107,6 +118,9 @@ __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4],
 
 // Host-side launchers, one per .cu file (dtype_bf16 selects __nv_bfloat16, else __half).
 void launch_gemv(const GemmArgs& args, bool gate_up, bool dtype_bf16, cudaStream_t stream);
+// The GEMV tier's down GEMM with the combine folded in (gemv_down_combine.cuh); false (nothing
+// launched) where inter is not supported (inter % 8 != 0 or inter > 1536).
+bool launch_gemv_down_combine(const DownCombineArgs& args, bool dtype_bf16, cudaStream_t stream);
 void launch_mma_small(const GemmArgs& args, bool gate_up, bool dtype_bf16, cudaStream_t stream);
 void launch_mma_prefill64(const GemmArgs& args, bool gate_up, bool dtype_bf16, cudaStream_t stream);
 void launch_mma_prefill96(const GemmArgs& args, bool gate_up, bool dtype_bf16, cudaStream_t stream);

@@ -1,13 +1,15 @@
 // Instantiations of the GEMV tier (gate_up and down, fp16 and bf16).
 //
-// moe_gemv_kernel (gemv.cuh): a grid of SMs x (resident CTAs per SM) CTAs, capped by the items
-// (num_tiles x column groups, host values: graph-safe), each warp streaming its share of the items.
+// moe_gemv_kernel (gemv.cuh) and moe_gemv_down_combine_kernel (gemv_down_combine.cuh): a grid of
+// SMs x (resident CTAs per SM) CTAs, capped by the items (host values: graph-safe), each warp
+// streaming its share of the items.
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cstdint>
 
 #include "moe/gemv.cuh"
+#include "moe/gemv_down_combine.cuh"
 #include "common/device_cache.h"
 #include "common/pdl_launch.h"
 
@@ -43,7 +45,32 @@ void launch(const GemmArgs& args, cudaStream_t stream) {
   const int ctas = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(resident_ctas<kernel, MIN_CTAS>(), needed)));
   launch_pdl(kernel, dim3(ctas), dim3(kGemvWarps * 32), 0, stream, args);
 }
+template <typename T, int UNROLL, int BATCH>
+void launch_down_combine(const DownCombineArgs& args, cudaStream_t stream) {
+  constexpr auto kernel = moe_gemv_down_combine_kernel<T, UNROLL, BATCH>;
+  const int64_t items = static_cast<int64_t>(args.num_tokens) * args.hidden;
+  const int64_t needed = (items + kGemvWarps - 1) / kGemvWarps;
+  const int ctas = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(resident_ctas<kernel, 2>(), needed)));
+  launch_pdl(kernel, dim3(ctas), dim3(kGemvWarps * 32), 0, stream, args);
+}
 }  // namespace
+
+// A route's weight row is I elements: UNROLL 16-byte chunks per lane cover I <= 256 * UNROLL. Steps
+// of BATCH routes, 3 KB per warp (2 x 1.5 KB at I = 768): with the next step's loads in flight during
+// a step's FMAs, ~2100 resident warps keep >10 MB in flight; 4 routes per step spilled at the
+// 128-register cap of 2 CTAs per SM.
+bool launch_gemv_down_combine(const DownCombineArgs& args, bool dtype_bf16, cudaStream_t stream) {
+  if (args.inter % 8 != 0 || args.inter > 1536) return false;
+  if (args.num_tokens == 0) return true;
+  const bool short_rows = args.inter <= 768;
+  if (dtype_bf16) {
+    short_rows ? launch_down_combine<__nv_bfloat16, 3, 2>(args, stream)
+               : launch_down_combine<__nv_bfloat16, 6, 1>(args, stream);
+  } else {
+    short_rows ? launch_down_combine<__half, 3, 2>(args, stream) : launch_down_combine<__half, 6, 1>(args, stream);
+  }
+  return true;
+}
 
 void launch_gemv(const GemmArgs& args, bool gate_up, bool dtype_bf16, cudaStream_t stream) {
   if (args.num_tiles == 0) return;
