@@ -31,6 +31,15 @@ int resident_ctas() {
   return sms * resident_blocks_per_sm<kKernel, kGemvWarps * 32>(kMinPerSm);
 }
 
+// One warp per item at most: a grid of resident CTAs (kMinPerSm is the kernel's __launch_bounds__
+// minimum), fewer where the items do not need them all.
+template <auto kKernel, int kMinPerSm, typename Args>
+void launch_resident(const Args& args, int64_t items, cudaStream_t stream) {
+  const int64_t needed = (items + kGemvWarps - 1) / kGemvWarps;
+  const int ctas = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(resident_ctas<kKernel, kMinPerSm>(), needed)));
+  launch_pdl(kKernel, dim3(ctas), dim3(kGemvWarps * 32), 0, stream, args);
+}
+
 template <typename T, bool GATE_UP>
 void launch(const GemmArgs& args, cudaStream_t stream) {
   // gate_up: 1 column (its gate and up rows) per item, stages of 4 loads per row (K = H = 2048: 2
@@ -39,19 +48,14 @@ void launch(const GemmArgs& args, cudaStream_t stream) {
   constexpr int ROWS = GATE_UP ? 1 : 2;
   constexpr int UNROLL = GATE_UP ? 4 : 3;
   constexpr int MIN_CTAS = 2;
-  constexpr auto kernel = moe_gemv_kernel<T, GATE_UP, ROWS, UNROLL, MIN_CTAS>;
-  const int64_t items = static_cast<int64_t>(args.num_tiles) * (args.n_out / ROWS);
-  const int64_t needed = (items + kGemvWarps - 1) / kGemvWarps;
-  const int ctas = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(resident_ctas<kernel, MIN_CTAS>(), needed)));
-  launch_pdl(kernel, dim3(ctas), dim3(kGemvWarps * 32), 0, stream, args);
+  launch_resident<moe_gemv_kernel<T, GATE_UP, ROWS, UNROLL, MIN_CTAS>, MIN_CTAS>(
+      args, static_cast<int64_t>(args.num_tiles) * (args.n_out / ROWS), stream);
 }
+
 template <typename T, int UNROLL, int BATCH>
 void launch_down_combine(const DownCombineArgs& args, cudaStream_t stream) {
-  constexpr auto kernel = moe_gemv_down_combine_kernel<T, UNROLL, BATCH>;
-  const int64_t items = static_cast<int64_t>(args.num_tokens) * args.hidden;
-  const int64_t needed = (items + kGemvWarps - 1) / kGemvWarps;
-  const int ctas = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(resident_ctas<kernel, 2>(), needed)));
-  launch_pdl(kernel, dim3(ctas), dim3(kGemvWarps * 32), 0, stream, args);
+  launch_resident<moe_gemv_down_combine_kernel<T, UNROLL, BATCH>, 2>(
+      args, static_cast<int64_t>(args.num_tokens) * args.hidden, stream);
 }
 }  // namespace
 
