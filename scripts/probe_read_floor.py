@@ -43,9 +43,45 @@ def _read_oneshot(x_ptr, out_ptr, n, BLOCK: tl.constexpr, EVICT: tl.constexpr):
     tl.store(out_ptr + pid, tl.sum(x))
 
 
+@triton.jit
+def _read_chunks(x_ptr, perm_ptr, out_ptr, CHUNK: tl.constexpr, SUB: tl.constexpr):
+    # Program p reads chunk perm[p] (CHUNK fp32 elements), SUB at a time: a paged cache's gather.
+    pid = tl.program_id(0)
+    base = tl.load(perm_ptr + pid).to(tl.int64) * CHUNK
+    acc = tl.zeros([SUB], tl.float32)
+    for start in range(0, CHUNK, SUB):
+        acc += tl.load(x_ptr + base + start + tl.arange(0, SUB))
+    tl.store(out_ptr + pid, tl.sum(acc))
+
+
+def gather_rows(ctx: BenchContext, label: str, nbytes: int) -> list[dict]:
+    """The same bytes read as chunks of 4 KiB .. 64 KiB, in order and at shuffled positions."""
+    n = nbytes // 4
+    x = [torch.randn(n, device="cuda") for _ in range(2)]
+    rows = []
+    for chunk_bytes in (4096, 16384, 65536):
+        chunk = chunk_bytes // 4
+        count = n // chunk
+        out = torch.empty(count, device="cuda")
+        for order in ("in order", "shuffled"):
+            perm = torch.arange(count, device="cuda", dtype=torch.int32)
+            if order == "shuffled":
+                perm = perm[torch.randperm(count, device="cuda")].contiguous()
+            t = ctx.time(lambda a: _read_chunks[(count,)](a, perm, out, CHUNK=chunk, SUB=min(chunk, 4096),
+                                                          num_warps=8), [(a,) for a in x])
+            variant = f"{chunk_bytes // 1024} KiB chunks {order}"
+            rows.append({"case": label, "bytes": nbytes, "variant": variant, "us": round(t.median_us, 2),
+                         "tbps": round(nbytes / t.median_us / 1e6, 3)})
+            print(f"{label:24s} {variant:32s} {t.median_us:8.2f} us {nbytes / t.median_us / 1e6:6.3f} TB/s",
+                  flush=True)
+    del x
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--gather", action="store_true", help="only the chunked-gather reads")
     args = parser.parse_args()
     ctx = BenchContext(iters=50)
     sms = torch.cuda.get_device_properties(0).multi_processor_count
@@ -54,6 +90,10 @@ def main() -> None:
              ("decode B=8 8k 4kv", 134_217_728), ("argmax fp32 B=256", 155_582_464),
              ("decode B=64 4k 4kv", 536_870_912)]
     rows = []
+    if args.gather:
+        for label, nbytes in (sizes[0], sizes[-1]):
+            rows += gather_rows(ctx, label, nbytes)
+        sizes = []
     for label, nbytes in sizes:
         n = nbytes // 4
         x = [torch.randn(n, device="cuda") for _ in range(2)]

@@ -49,7 +49,7 @@ def timeline(ctx: BenchContext, fn, runs: int = 30) -> None:
         print(f"  {name:48s} start {start:7.2f}  end {end:7.2f}  ({end - start:6.2f} us)")
 
 
-def decode_case(b: int, length: int, kvh: int, layout: str = "vllm", head_dim: int = 128):
+def decode_case(b: int, length: int, kvh: int, layout: str = "vllm", head_dim: int = 128, splits: int | None = None):
     gen = torch.Generator().manual_seed(0)
     nblk = length // BLOCK
     kc, vc = make_cache(b * nblk, BLOCK, kvh, head_dim, torch.bfloat16, layout, "cuda")
@@ -57,7 +57,8 @@ def decode_case(b: int, length: int, kvh: int, layout: str = "vllm", head_dim: i
     q = torch.randn(b, HEADS, head_dim, device="cuda", dtype=torch.bfloat16)
     sl = torch.full((b,), length, dtype=torch.int32, device="cuda")
     out = torch.empty_like(q)
-    return lambda: ops.paged_attention_decode(q, kc, vc, bt, sl, head_dim**-0.5, layout, max_seq_len=length, out=out)
+    return lambda: ops.paged_attention_decode(q, kc, vc, bt, sl, head_dim**-0.5, layout, max_seq_len=length,
+                                              num_splits=splits, out=out)
 
 
 _MOE_WEIGHTS = {}
@@ -98,6 +99,11 @@ CASES = {
     # head_dim 64: "nhd" copies one tensor box per block of K and of V, as many ops as "vllm"
     "decode_b1_h64": lambda: decode_case(1, 65536, 4, "vllm", 64),
     "decode_b1_h64_nhd": lambda: decode_case(1, 65536, 4, "nhd", 64),
+    # forced split counts: how the attention kernel alone (merge apart) scales with more, shorter CTAs
+    **{f"decode_b{b}_{kvh}kv_s{s}": (lambda b=b, length=length, kvh=kvh, s=s: decode_case(b, length, kvh, splits=s))
+       for b, length, kvh, splits in [(1, 32768, 4, (64, 128, 256)), (8, 8192, 4, (8, 16, 32)),
+                                      (64, 4096, 4, (1, 2, 4)), (64, 4096, 8, (1, 2))]
+       for s in splits},
     "moe_t1": lambda: moe_case(1),
     "moe_t4": lambda: moe_case(4),
     "moe_t4_gemv": lambda: moe_case(4, "gemv"),
