@@ -17,6 +17,8 @@ other accepted layout); on Hopper, for T >= 256, also
 tier from T*k >= ops.moe.MOE_SM90_MIN_PAIRS). Baseline, timed in the same
 run: a PyTorch pipeline (softmax / top-k, argsort, torch._grouped_mm for both GEMMs, index_add
 combine; a per-expert loop of matmuls where _grouped_mm is missing).
+Inputs come from a generator seeded with T for each case, so every run (whatever ran before it)
+times the same routing and hits the same experts: at decode sizes the rate depends on that count.
 """
 
 import os
@@ -128,13 +130,15 @@ def run(ctx):
     rows = []
     baseline, baseline_name = _baseline()
     dtype = torch.bfloat16
+    gen = torch.Generator(device="cuda")
     for model, num_tokens in CASES:
         E, k, H, I = model["E"], model["k"], model["H"], model["I"]
+        gen.manual_seed(num_tokens)
         w13_hf = torch.randn(E, 2 * I, H, device="cuda", dtype=dtype) / H**0.5
         w13 = ops.interleave_gate_up(w13_hf)
         w2 = torch.randn(E, H, I, device="cuda", dtype=dtype) / I**0.5
-        sets = [(torch.randn(num_tokens, H, device="cuda", dtype=dtype),
-                 torch.randn(num_tokens, E, device="cuda"),
+        sets = [(torch.randn(num_tokens, H, device="cuda", dtype=dtype, generator=gen),
+                 torch.randn(num_tokens, E, device="cuda", generator=gen),
                  torch.empty(num_tokens, H, device="cuda", dtype=dtype)) for _ in range(ROTATE)]
         hit = sum(int(torch.unique(torch.topk(lg, k, -1).indices).numel()) for _, lg, _ in sets) / ROTATE
         weight_bytes = hit * 3 * H * I * 2 + num_tokens * (2 * H * 2 + E * 4)
