@@ -13,6 +13,7 @@ import os
 import statistics
 import subprocess
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -162,4 +163,5 @@ def environment() -> dict:
         "gpu": props.name, "sms": props.multi_processor_count,
         "capability": f"{props.major}.{props.minor}", "torch": torch.__version__,
         "cuda": torch.version.cuda, "commit": commit or "unknown",
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
     }

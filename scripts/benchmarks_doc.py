@@ -2,7 +2,8 @@
 
     python scripts/benchmarks_doc.py docs/results/a.json [docs/results/b.json ...] > docs/benchmarks.md
 
-Rows of later reports replace rows of earlier ones with the same (bench, case, variant, dtype).
+A later report that measured a bench replaces every earlier row of that bench (case names carry
+measured details, such as the experts a routing hit, so rows are not matched one by one).
 The first table checks the rows against the targets of DESIGN.md §5 and the issues.
 """
 
@@ -13,17 +14,15 @@ COLUMNS = ("bench", "case", "variant", "dtype", "us", "p10_us", "p90_us", "metri
            "floor_us", "baseline", "baseline_us", "speedup")
 
 
-def _key(row):
-    return row["bench"], row["case"], row["variant"], row["dtype"]
-
-
 def load(paths):
     reports = [json.load(open(p)) for p in paths]
-    rows = {}
+    by_bench = {}  # bench -> its rows from the latest report that measured it (first-seen order kept)
     for report in reports:
+        fresh = {}
         for row in report["rows"]:
-            rows[_key(row)] = dict(row, commit=report["environment"]["commit"])
-    return reports, list(rows.values())
+            fresh.setdefault(row["bench"], []).append(dict(row, commit=report["environment"]["commit"]))
+        by_bench.update(fresh)
+    return reports, [row for rows in by_bench.values() for row in rows]
 
 
 def find(rows, bench, case, dtype="bfloat16", variant=None):
@@ -78,10 +77,12 @@ def main(paths) -> None:
     reports, rows = load(paths)
     env, c = reports[0]["environment"], reports[0]["ceilings"]
     commits = ", ".join(f"`{r['environment']['commit']}`" for r in reports)
+    # Reports written before the harness recorded dates are the session-14 runs of 2026-11-27.
+    when = ", ".join(sorted({r["environment"].get("date", "2026-11-27") for r in reports}))
     print(f"""# Benchmarks
 
 Card: **{env['gpu']}** ({env['sms']} SMs), torch {env['torch']}, CUDA {env['cuda']}; commits {commits}
-(later reports replace the rows they re-measure); measured 2026-11-27 by `scripts/gpu_check.sh`.
+(later reports replace the rows they re-measure); measured {when} by `scripts/gpu_check.sh`.
 Raw numbers: {", ".join(f"[{p.split('/')[-1]}](results/{p.split('/')[-1]})" for p in paths)}.
 
 Ceilings measured in the same process: streaming read **{c['read_gbps']:.0f} GB/s**, device copy
