@@ -49,7 +49,8 @@ def timeline(ctx: BenchContext, fn, runs: int = 30) -> None:
         print(f"  {name:48s} start {start:7.2f}  end {end:7.2f}  ({end - start:6.2f} us)")
 
 
-def decode_case(b: int, length: int, kvh: int, layout: str = "vllm", head_dim: int = 128, splits: int | None = None):
+def decode_case(b: int, length: int, kvh: int, layout: str = "vllm", head_dim: int = 128,
+                splits: int | None = None):
     gen = torch.Generator().manual_seed(0)
     nblk = length // BLOCK
     kc, vc = make_cache(b * nblk, BLOCK, kvh, head_dim, torch.bfloat16, layout, "cuda")
@@ -100,7 +101,8 @@ CASES = {
     "decode_b1_h64": lambda: decode_case(1, 65536, 4, "vllm", 64),
     "decode_b1_h64_nhd": lambda: decode_case(1, 65536, 4, "nhd", 64),
     # forced split counts: how the attention kernel alone (merge apart) scales with more, shorter CTAs
-    **{f"decode_b{b}_{kvh}kv_s{s}": (lambda b=b, length=length, kvh=kvh, s=s: decode_case(b, length, kvh, splits=s))
+    **{f"decode_b{b}_{kvh}kv_s{s}": (lambda b=b, length=length, kvh=kvh, s=s:
+                                     decode_case(b, length, kvh, splits=s))
        for b, length, kvh, splits in [(1, 32768, 4, (64, 128, 256)), (8, 8192, 4, (8, 16, 32)),
                                       (64, 4096, 4, (1, 2, 4)), (64, 4096, 8, (1, 2))]
        for s in splits},

@@ -38,4 +38,4 @@ def test_reports_carry_the_floor_of_every_bandwidth_row():
 def test_doc_tables_match_their_reports():
     """The committed tables are the generator's output (hand-written notes follow them)."""
     rendered = _render()
-    assert DOC.startswith(rendered.rstrip("\n")), "docs/benchmarks.md is stale: regenerate it from its reports"
+    assert DOC.startswith(rendered.rstrip("\n")), "docs/benchmarks.md is stale: regenerate it from its JSON"
