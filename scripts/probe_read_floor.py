@@ -4,7 +4,8 @@ The benchmarks' `floor_us` is torch reading the same bytes (sum / amax). This pr
 Triton streaming reads, with and without the L2 evict-first hint, persistent and one-shot grids, so
 the targets at tens of MB can be compared with what a pure read achieves, not only with torch.
 
-    python scripts/probe_read_floor.py [--json PATH]
+    python scripts/probe_read_floor.py [--json PATH]            the streams
+    python scripts/probe_read_floor.py --gather [--json PATH]   shuffled vs in-order chunk gathers
 """
 
 from __future__ import annotations
@@ -78,45 +79,50 @@ def gather_rows(ctx: BenchContext, label: str, nbytes: int) -> list[dict]:
     return rows
 
 
+def stream_rows(ctx: BenchContext, label: str, nbytes: int) -> list[dict]:
+    """torch's same-bytes read and Triton streams: persistent and one-shot, with and without evict-first."""
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    n = nbytes // 4
+    x = [torch.randn(n, device="cuda") for _ in range(2)]
+    out = torch.empty(max(n // BLOCK + 1, sms * 16), device="cuda")
+    variants = {"torch floor (sum/amax)": ctx.floor_us(nbytes)}
+    for evict in ("evict_first", ""):
+        name = evict or "default"
+        for per_sm in (4, 8, 16):
+            grid = (sms * per_sm,)
+            t = ctx.time(lambda a: _read_persistent[grid](a, out, n, BLOCK=BLOCK, EVICT=evict, num_warps=8),
+                         [(a,) for a in x])
+            variants[f"persistent {per_sm}/SM {name}"] = t.median_us
+        grid = (triton.cdiv(n, BLOCK),)
+        t = ctx.time(lambda a: _read_oneshot[grid](a, out, n, BLOCK=BLOCK, EVICT=evict, num_warps=8),
+                     [(a,) for a in x])
+        variants[f"one-shot {name}"] = t.median_us
+    rows = []
+    for variant, us in variants.items():
+        rows.append({"case": label, "bytes": nbytes, "variant": variant, "us": round(us, 2),
+                     "tbps": round(nbytes / us / 1e6, 3)})
+        print(f"{label:24s} {variant:32s} {us:8.2f} us {nbytes / us / 1e6:6.3f} TB/s", flush=True)
+    del x, out
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path)
     parser.add_argument("--gather", action="store_true", help="only the chunked-gather reads")
     args = parser.parse_args()
     ctx = BenchContext(iters=50)
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
     # (label, bytes): the shapes whose targets sit near or below torch's same-bytes read.
     sizes = [("decode B=1 32k 4kv", 67_108_864), ("MoE 30B T=1 weights", 75_497_472),
              ("decode B=8 8k 4kv", 134_217_728), ("argmax fp32 B=256", 155_582_464),
              ("decode B=64 4k 4kv", 536_870_912)]
-    rows = []
     if args.gather:
-        for label, nbytes in (sizes[0], sizes[-1]):
-            rows += gather_rows(ctx, label, nbytes)
-        sizes = []
-    for label, nbytes in sizes:
-        n = nbytes // 4
-        x = [torch.randn(n, device="cuda") for _ in range(2)]
-        out = torch.empty(max(n // BLOCK + 1, sms * 16), device="cuda")
-        variants = {"torch floor (sum/amax)": ctx.floor_us(nbytes)}
-        for evict in ("evict_first", ""):
-            name = evict or "default"
-            for per_sm in (4, 8, 16):
-                grid = (sms * per_sm,)
-                t = ctx.time(lambda a: _read_persistent[grid](a, out, n, BLOCK=BLOCK, EVICT=evict, num_warps=8),
-                             [(a,) for a in x])
-                variants[f"persistent {per_sm}/SM {name}"] = t.median_us
-            grid = (triton.cdiv(n, BLOCK),)
-            t = ctx.time(lambda a: _read_oneshot[grid](a, out, n, BLOCK=BLOCK, EVICT=evict, num_warps=8),
-                         [(a,) for a in x])
-            variants[f"one-shot {name}"] = t.median_us
-        for variant, us in variants.items():
-            rows.append({"case": label, "bytes": nbytes, "variant": variant, "us": round(us, 2),
-                         "tbps": round(nbytes / us / 1e6, 3)})
-            print(f"{label:24s} {variant:32s} {us:8.2f} us {nbytes / us / 1e6:6.3f} TB/s", flush=True)
-        del x, out
+        rows = [r for label, nbytes in (sizes[0], sizes[-1]) for r in gather_rows(ctx, label, nbytes)]
+    else:
+        rows = [r for label, nbytes in sizes for r in stream_rows(ctx, label, nbytes)]
     if args.json:
-        args.json.write_text(json.dumps({"read_ceiling_gbps": ctx.ceilings.read_gbps, "rows": rows}, indent=1))
+        report = {"read_ceiling_gbps": ctx.ceilings.read_gbps, "rows": rows}
+        args.json.write_text(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":
